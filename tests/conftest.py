@@ -1,0 +1,65 @@
+"""Test selection by framework.
+
+VALR_BACKENDS (comma list, e.g. "torch") names the frameworks this run must test; tox sets it
+per env. A listed framework that fails to import is a collection error, never a skip. Tests
+marked ``@pytest.mark.framework("tf", ...)`` whose frameworks are not all listed are
+*deselected* (they belong to another env). Without VALR_BACKENDS every installed framework
+is tested.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import tempfile
+
+import pytest
+
+ALL_FRAMEWORKS = ("torch", "tf", "jax")
+_IMPORT_NAME = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
+
+# Keep framework side effects inside the test session: Keras writes ~/.keras on import and
+# TF prints oneDNN notices; JAX float64 must be enabled before any array exists.
+os.environ.setdefault("KERAS_HOME", str(pathlib.Path(tempfile.gettempdir()) / "valr-keras-home"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_ENABLE_X64", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def selected_frameworks() -> tuple[str, ...]:
+    raw = os.environ.get("VALR_BACKENDS", "").strip()
+    if not raw:
+        return tuple(f for f in ALL_FRAMEWORKS if importlib.util.find_spec(_IMPORT_NAME[f]))
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    unknown = [n for n in names if n not in ALL_FRAMEWORKS]
+    if unknown:
+        raise pytest.UsageError(f"VALR_BACKENDS names unknown frameworks {unknown}; expected {ALL_FRAMEWORKS}")
+    for name in names:
+        # A framework this env must test has to import: a failure here fails the run.
+        importlib.import_module(_IMPORT_NAME[name])
+    return names
+
+
+SELECTED = selected_frameworks()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "framework" in metafunc.fixturenames and SELECTED:
+        metafunc.parametrize("framework", SELECTED)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        needed: set[str] = set()
+        for mark in item.iter_markers("framework"):
+            needed.update(mark.args)
+        if item.get_closest_marker("parity"):
+            needed.update(ALL_FRAMEWORKS)
+        if "framework" in getattr(item, "fixturenames", ()) and not SELECTED:
+            needed.add("any")  # per-framework test in an env without frameworks
+        (keep if needed <= set(SELECTED) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -1,0 +1,105 @@
+"""VALP hyperparameters, validated once at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from .distances import INPUT_DISTANCES, OUTPUT_DISTANCES, Distance, lookup
+
+Reduction = Literal["mean", "sum", "max"]
+Mode = Literal["squared", "linear", "al"]
+Start = Literal["uniform", "gaussian"]
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class ValpConfig:
+    """Hyperparameters of the penalty; defaults are the paper's (section 4) and SPEC.md's.
+
+    K: Lipschitz constant to enforce. xi: finite-difference step of the power iteration.
+    eps_min/eps_max: per-sample perturbation radius range. n_power: power iterations (0 = random
+    direction). start: distribution of the initial direction. clip: (low, high) data range for
+    x + r_adv, or None. fraction: share of the batch regularised. d_X/d_Y: distances by name or
+    callable; d_Y_power: proxy d_Y for the power iteration (default d_Y). reduction: over the
+    batch. mode: "squared" lam*reduce(L^2), "linear" lam*reduce(L), "al" augmented Lagrangian
+    mu*reduce(L) + rho/2*reduce(L^2). stop_gradient_clean: treat f(x) as a constant (VAT).
+    """
+
+    K: float = 1.0
+    xi: float = 10.0
+    eps_min: float = 0.1
+    eps_max: float = 10.0
+    n_power: int = 1
+    start: Start = "uniform"
+    clip: tuple[float, float] | None = None
+    fraction: float = 1.0
+    d_X: str | Distance = "l2"
+    d_Y: str | Distance = "abs"
+    d_Y_power: str | Distance | None = None
+    reduction: Reduction = "mean"
+    mode: Mode = "squared"
+    lam: float = 10.0
+    rho: float = 0.01
+    stop_gradient_clean: bool = False
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        K = _number("K", self.K)
+        if K < 0:
+            raise ValueError(f"K must be >= 0, got {self.K!r}")
+        if _number("xi", self.xi) <= 0:
+            raise ValueError(f"xi must be > 0, got {self.xi!r}")
+        eps_min, eps_max = _number("eps_min", self.eps_min), _number("eps_max", self.eps_max)
+        if eps_min <= 0:
+            raise ValueError(f"eps_min must be > 0, got {self.eps_min!r}")
+        if eps_min > eps_max:
+            raise ValueError(f"eps_min must be <= eps_max, got eps_min={self.eps_min!r} > eps_max={self.eps_max!r}")
+        if isinstance(self.n_power, bool) or not isinstance(self.n_power, int) or self.n_power < 0:
+            raise ValueError(f"n_power must be an integer >= 0, got {self.n_power!r}")
+        if self.start not in ("uniform", "gaussian"):
+            raise ValueError(f"start must be 'uniform' or 'gaussian', got {self.start!r}")
+        if self.clip is not None:
+            if len(self.clip) != 2:
+                raise ValueError(f"clip must be None or a (low, high) pair, got {self.clip!r}")
+            low, high = _number("clip[0]", self.clip[0]), _number("clip[1]", self.clip[1])
+            if low >= high:
+                raise ValueError(f"clip must satisfy low < high, got {self.clip!r}")
+        fraction = _number("fraction", self.fraction)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        lookup(self.d_X, INPUT_DISTANCES, "d_X")
+        lookup(self.d_Y, OUTPUT_DISTANCES, "d_Y")
+        if self.d_Y_power is not None:
+            lookup(self.d_Y_power, OUTPUT_DISTANCES, "d_Y_power")
+        if self.reduction not in ("mean", "sum", "max"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'max', got {self.reduction!r}")
+        if self.mode not in ("squared", "linear", "al"):
+            raise ValueError(f"mode must be 'squared', 'linear' or 'al', got {self.mode!r}")
+        if _number("lam", self.lam) < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
+        if _number("rho", self.rho) < 0:
+            raise ValueError(f"rho must be >= 0, got {self.rho!r}")
+
+    @property
+    def input_distance(self) -> Distance:
+        return lookup(self.d_X, INPUT_DISTANCES, "d_X")
+
+    @property
+    def output_distance(self) -> Distance:
+        return lookup(self.d_Y, OUTPUT_DISTANCES, "d_Y")
+
+    @property
+    def power_distance(self) -> Distance:
+        spec = self.d_Y if self.d_Y_power is None else self.d_Y_power
+        return lookup(spec, OUTPUT_DISTANCES, "d_Y_power")
+
+    def subset_size(self, batch: int) -> int:
+        """How many samples ``fraction`` regularises: at least one."""
+        return max(1, int(round(self.fraction * batch)))

@@ -1,0 +1,61 @@
+"""The abstract autodiff interface VALP is written against.
+
+A backend adapter (see the top-level ``backends`` package) supplies exactly these operations
+for one framework. Everything else VALP needs is array math, done through the framework's
+array-API namespace (``Backend.namespace``) and einops, on native tensors: no wrapper types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
+
+Tensor = Any  # a native framework tensor (torch.Tensor, tf.Tensor, jax.Array)
+Rng = Any  # an explicit random state (torch.Generator, tf.random.Generator, JAX key)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The few framework operations VALP needs. Implementations hold no mutable state."""
+
+    name: str  # registry name: "torch", "tf" or "jax"
+
+    def is_tensor(self, x: Any) -> bool:
+        """True if ``x`` is a tensor of this framework (tracers and symbolic tensors included)."""
+
+    def is_rng(self, rng: Any) -> bool:
+        """True if ``rng`` is a random state this backend can draw from."""
+
+    def rng_help(self) -> str:
+        """One line saying how to create a valid random state, for error messages."""
+
+    def namespace(self, x: Tensor) -> Any:
+        """The array-API namespace for ``x`` (array-api-compat's, or TF's numpy namespace)."""
+
+    def grad(self, fn: Callable[[Tensor], Tensor], r: Tensor) -> Tensor:
+        """Gradient of the scalar ``fn(r)`` w.r.t. ``r`` only, first order, returned detached.
+
+        Must not accumulate into parameter gradients (no ``.backward()``)."""
+
+    def stop_gradient(self, x: Tensor) -> Tensor: ...
+
+    def uniform(self, rng: Rng, shape: Sequence[Any], like: Tensor) -> tuple[Tensor, Rng]:
+        """U[0, 1) draws of ``like``'s dtype and device; returns the next random state."""
+
+    def normal(self, rng: Rng, shape: Sequence[Any], like: Tensor) -> tuple[Tensor, Rng]:
+        """N(0, 1) draws of ``like``'s dtype and device; returns the next random state."""
+
+    def shape(self, x: Tensor) -> tuple[Any, ...]:
+        """Static dims where known (ints); a dynamic scalar tensor where not (TF graphs)."""
+
+    def is_floating(self, x: Tensor) -> bool: ...
+
+    def dtype_name(self, x: Tensor) -> str: ...
+
+    def check_finite(self, x: Tensor, what: str) -> Tensor:
+        """Raise ``ValueError`` naming ``what`` if ``x`` holds NaN/Inf where the values are
+        known (eager); inside a compiled graph, check at run time or pass through. Returns x."""
+
+    def frozen_state(self, critic: Any) -> AbstractContextManager[None]:
+        """Context in which calling ``critic`` leaves its normalisation statistics unchanged."""

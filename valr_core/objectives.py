@@ -1,0 +1,46 @@
+"""Turning per-sample violations into a loss: reductions, the plain penalty, and the
+augmented-Lagrangian (AL) term with its multiplier update.
+
+AL sign convention (SPEC.md): the critic *minimises*
+    E f(G(z)) - E f(x) + mu * R(L) + rho/2 * R(L^2),     R = reduction over the batch,
+and after each critic step  mu <- max(0, mu + rho * R(L)).  A positive violation therefore
+always increases the critic's loss, and mu only grows while the constraint is violated.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from .config import ValpConfig
+from .interface import Tensor
+
+
+class ALState(NamedTuple):
+    """Explicit augmented-Lagrangian state: the multiplier mu (a scalar, >= 0)."""
+
+    mu: Any
+
+
+def reduce(xp: Any, v: Tensor, how: str) -> Tensor:
+    if how == "mean":
+        return xp.mean(v)
+    if how == "sum":
+        return xp.sum(v)
+    return xp.max(v)
+
+
+def penalty(xp: Any, config: ValpConfig, violations: Tensor, state: ALState | None) -> Tensor:
+    """The regularisation term for ``config.mode``; it increases with every violation."""
+    how = config.reduction
+    if config.mode == "squared":
+        return config.lam * reduce(xp, violations * violations, how)
+    if config.mode == "linear":
+        return config.lam * reduce(xp, violations, how)
+    if state is None:
+        raise ValueError("mode='al' needs state=ALState(mu); create it with valp.init_state(x)")
+    return state.mu * reduce(xp, violations, how) + 0.5 * config.rho * reduce(xp, violations * violations, how)
+
+
+def multiplier_update(xp: Any, config: ValpConfig, state: ALState, constraint: Tensor) -> ALState:
+    """mu <- max(0, mu + rho * constraint), with constraint = R(L) of the step just taken."""
+    return ALState(xp.clip(state.mu + config.rho * constraint, 0.0, None))

@@ -1,0 +1,71 @@
+"""Lazy, cached backend discovery: frameworks are imported only when a backend is used.
+
+Modelled on einops' ``_backends.py``: a backend is found by name, or by asking the backends
+of frameworks that are *already imported* whether they own a given tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import sys
+from typing import Any
+
+from .interface import Backend
+
+# registry name -> (adapter module, framework import name, pip extra)
+_BACKENDS: dict[str, tuple[str, str, str]] = {
+    "torch": ("backends.torch_backend", "torch", "torch"),
+    "tf": ("backends.tf_backend", "tensorflow", "tf"),
+    "jax": ("backends.jax_backend", "jax", "jax"),
+}
+_ALIASES = {"torch": "torch", "pytorch": "torch", "tf": "tf", "tensorflow": "tf", "jax": "jax"}
+
+
+def backend_names() -> tuple[str, ...]:
+    return tuple(_BACKENDS)
+
+
+@functools.cache
+def get_backend(name: str) -> Backend:
+    """The adapter for ``name`` ("torch", "tf"/"tensorflow", "jax"), imported on first use."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string such as 'torch', 'tf' or 'jax', got {type(name).__name__}")
+    key = _ALIASES.get(name.lower())
+    if key is None:
+        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(_ALIASES)}")
+    module_name, framework, extra = _BACKENDS[key]
+    if importlib.util.find_spec(framework) is None:
+        raise ImportError(
+            f"backend {name!r} needs the '{framework}' package, which is not installed; "
+            f"install it with: pip install 'valr[{extra}]'"
+        )
+    return importlib.import_module(module_name).BACKEND
+
+
+def _loaded_backends() -> list[Backend]:
+    return [get_backend(key) for key, (_, fw, _) in _BACKENDS.items() if fw in sys.modules]
+
+
+def backend_for(x: Any) -> Backend:
+    """The backend owning tensor ``x``; only frameworks already imported are asked."""
+    for backend in _loaded_backends():
+        if backend.is_tensor(x):
+            return backend
+    kind = f"{type(x).__module__}.{type(x).__qualname__}"
+    raise TypeError(
+        f"x must be a torch.Tensor, tf.Tensor or jax.Array, got {kind}; "
+        "convert it to your framework's tensor type or pass backend='torch'|'tf'|'jax'"
+    )
+
+
+def resolve_backend(name: str | None, x: Any) -> Backend:
+    """``get_backend(name)`` checked against ``x``, or ``backend_for(x)`` when name is None."""
+    if name is None:
+        return backend_for(x)
+    backend = get_backend(name)
+    if not backend.is_tensor(x):
+        kind = f"{type(x).__module__}.{type(x).__qualname__}"
+        raise TypeError(f"x is a {kind}, but backend={name!r} expects that framework's tensors; mixed-framework inputs are not supported")
+    return backend

@@ -1,0 +1,144 @@
+"""The user-facing VALP: a validated config plus pure functions of explicit state.
+
+    valp = VALP(backend="jax", mode="al", rho=0.01)
+    state = valp.init_state(x)
+    loss, aux = valp.loss(critic, x, key, state)      # add loss to the critic's objective
+    state = valp.update(state, aux.constraint)        # after the critic's optimiser step
+    key = aux.rng                                     # JAX: the next key (torch/TF: same object)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .algorithm import Draws, Violations, compute_violations, sample_draws
+from .config import ValpConfig
+from .interface import Backend, Rng, Tensor
+from .objectives import ALState, multiplier_update, penalty, reduce
+from .registry import resolve_backend
+
+
+class ValpAux(NamedTuple):
+    """Everything a training step may log or need after ``VALP.loss``."""
+
+    violations: Violations
+    constraint: Tensor  # detached R(L): what the AL multiplier update consumes
+    stats: dict[str, Tensor]  # detached scalars for logging
+    rng: Rng  # the next random state
+
+
+@dataclass(frozen=True)
+class VALP(ValpConfig):
+    """Virtual Adversarial Lipschitz Penalty. ``backend`` None = inferred from the input."""
+
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.backend is not None:
+            from .registry import _ALIASES
+
+            if not isinstance(self.backend, str) or self.backend.lower() not in _ALIASES:
+                raise ValueError(f"backend must be None or one of {sorted(_ALIASES)}, got {self.backend!r}")
+
+    # -- building blocks -------------------------------------------------------------------
+    def resolve(self, x: Tensor) -> tuple[Backend, Tensor]:
+        """The backend for ``x`` and ``x`` itself, validated (in TF graphs, with a runtime check)."""
+        backend = resolve_backend(self.backend, x)
+        return backend, self._check_input(backend, x)
+
+    def init_state(self, like: Tensor | None = None) -> ALState:
+        """mu = 0, as a scalar of ``like``'s framework and dtype (or a Python float)."""
+        if like is None:
+            return ALState(0.0)
+        backend = resolve_backend(self.backend, like)
+        xp = backend.namespace(like)
+        return ALState(xp.sum(xp.zeros_like(like[:1])))
+
+    def draws(self, x: Tensor, rng: Rng) -> tuple[Draws, Rng]:
+        backend, x = self.resolve(x)
+        self._check_rng(backend, rng)
+        return sample_draws(backend, self, x, rng)
+
+    def violations(
+        self,
+        critic: Callable[[Tensor], Tensor],
+        x: Tensor,
+        rng: Rng | None = None,
+        *,
+        draws: Draws | None = None,
+        fx: Tensor | None = None,
+    ) -> tuple[Violations, Rng | None]:
+        """Per-sample violations; pass ``rng`` to draw, or fixed ``draws``."""
+        backend, x = self.resolve(x)
+        return self._violations(backend, critic, x, rng, draws, fx)
+
+    def _violations(
+        self, backend: Backend, critic: Callable[[Tensor], Tensor], x: Tensor, rng: Rng | None, draws: Draws | None, fx: Tensor | None
+    ) -> tuple[Violations, Rng | None]:
+        if draws is None:
+            if rng is None:
+                raise ValueError(f"pass rng (the random state; {backend.rng_help()}) or fixed draws=Draws(...)")
+            self._check_rng(backend, rng)
+            draws, rng = sample_draws(backend, self, x, rng)
+        return compute_violations(backend, self, critic, x, draws, fx), rng
+
+    # -- the loss ----------------------------------------------------------------------------
+    def loss(
+        self,
+        critic: Callable[[Tensor], Tensor],
+        x: Tensor,
+        rng: Rng | None = None,
+        state: ALState | None = None,
+        *,
+        draws: Draws | None = None,
+        fx: Tensor | None = None,
+    ) -> tuple[Tensor, ValpAux]:
+        """The penalty term to add to the critic's loss, and diagnostics."""
+        backend, x = self.resolve(x)
+        result, rng = self._violations(backend, critic, x, rng, draws, fx)
+        xp = backend.namespace(x)
+        value = penalty(xp, self, result.violations, state)
+        L = backend.stop_gradient(result.violations)
+        q = backend.stop_gradient(result.quotients)
+        constraint = reduce(xp, L, self.reduction)
+        stats = {
+            "valp/penalty": backend.stop_gradient(value),
+            "valp/mean_violation": xp.mean(L),
+            "valp/max_violation": xp.max(L),
+            "valp/mean_quotient": xp.mean(q),
+            "valp/max_quotient": xp.max(q),
+            "valp/violating_fraction": xp.mean(xp.where(L > 0, xp.ones_like(L), xp.zeros_like(L))),
+        }
+        if state is not None:
+            stats["valp/mu"] = state.mu
+        return value, ValpAux(result, constraint, stats, rng)
+
+    def update(self, state: ALState, constraint: Tensor) -> ALState:
+        """The AL multiplier step mu <- max(0, mu + rho * constraint); pure.
+
+        In data-parallel training, average ``constraint`` over replicas before calling."""
+        if isinstance(state.mu, float) and isinstance(constraint, float):
+            return ALState(max(0.0, state.mu + self.rho * constraint))
+        backend = resolve_backend(self.backend, constraint if not isinstance(constraint, float) else state.mu)
+        return multiplier_update(backend.namespace(constraint), self, state, constraint)
+
+    # -- input checks ------------------------------------------------------------------------
+    def _check_input(self, backend: Backend, x: Tensor) -> Tensor:
+        if not backend.is_floating(x):
+            raise TypeError(f"x must be a floating-point tensor, got dtype {backend.dtype_name(x)}")
+        shape = backend.shape(x)
+        if len(shape) < 1:
+            raise ValueError("x must have a batch dimension: shape (N, ...), got a scalar")
+        if isinstance(shape[0], int) and shape[0] == 0:
+            raise ValueError(f"x must hold at least one sample, got an empty batch of shape {tuple(shape)}")
+        if self.check_finite:
+            x = backend.check_finite(x, "x")
+        return x
+
+    def _check_rng(self, backend: Backend, rng: Any) -> None:
+        if not backend.is_rng(rng):
+            kind = f"{type(rng).__module__}.{type(rng).__qualname__}"
+            raise TypeError(f"rng must be a random state of the {backend.name} backend ({backend.rng_help()}), got {kind}")
