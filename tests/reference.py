@@ -1,0 +1,190 @@
+"""Float64 NumPy reference for VALP, written independently of valr_core's code path.
+
+Two small critics with hand-derived backward passes (w.r.t. inputs and parameters):
+- MLP: tanh hidden layer, linear output (scalar critic or classifier logits).
+- Conv (NCHW): conv3x3 -> softplus -> conv3x3 -> softplus -> spatial mean -> dense.
+Smooth activations keep float32 and float64 runs on the same side of every kink (SPEC.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- critics
+
+
+def mlp_forward(p: dict, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    h = np.tanh(x @ p["w1"] + p["b1"])
+    return h @ p["w2"] + p["b2"], {"x": x, "h": h}
+
+
+def mlp_input_vjp(p: dict, cache: dict, gy: np.ndarray) -> np.ndarray:
+    gh = (gy @ p["w2"].T) * (1 - cache["h"] ** 2)
+    return gh @ p["w1"].T
+
+
+def mlp_param_vjp(p: dict, cache: dict, gy: np.ndarray) -> dict:
+    gh = (gy @ p["w2"].T) * (1 - cache["h"] ** 2)
+    return {"w1": cache["x"].T @ gh, "b1": gh.sum(0), "w2": cache["h"].T @ gy, "b2": gy.sum(0)}
+
+
+def _softplus(z: np.ndarray) -> np.ndarray:
+    return np.logaddexp(0.0, z)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """3x3 'same' convolution (cross-correlation), NCHW input, OIHW kernel."""
+    n, _, hh, ww = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = np.zeros((n, w.shape[0], hh, ww)) + b[None, :, None, None]
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum("nchw,oc->nohw", xp[:, :, i : i + hh, j : j + ww], w[:, :, i, j])
+    return out
+
+
+def _conv_input_vjp(x_shape: tuple, w: np.ndarray, g: np.ndarray) -> np.ndarray:
+    n, c, hh, ww = x_shape
+    gx = np.zeros((n, c, hh + 2, ww + 2))
+    for i in range(3):
+        for j in range(3):
+            gx[:, :, i : i + hh, j : j + ww] += np.einsum("nohw,oc->nchw", g, w[:, :, i, j])
+    return gx[:, :, 1:-1, 1:-1]
+
+
+def _conv_param_vjp(x: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, c, hh, ww = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    gw = np.zeros((g.shape[1], c, 3, 3))
+    for i in range(3):
+        for j in range(3):
+            gw[:, :, i, j] = np.einsum("nohw,nchw->oc", g, xp[:, :, i : i + hh, j : j + ww])
+    return gw, g.sum((0, 2, 3))
+
+
+def conv_forward(p: dict, x: np.ndarray) -> tuple[np.ndarray, dict]:
+    z1 = _conv(x, p["c1"], p["c1b"])
+    a1 = _softplus(z1)
+    z2 = _conv(a1, p["c2"], p["c2b"])
+    a2 = _softplus(z2)
+    pooled = a2.mean((2, 3))
+    return pooled @ p["w"] + p["b"], {"x": x, "z1": z1, "a1": a1, "z2": z2, "pooled": pooled}
+
+
+def _conv_backward_to_z1(p: dict, c: dict, gy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    hh, ww = c["z2"].shape[2:]
+    g_a2 = np.broadcast_to((gy @ p["w"].T)[:, :, None, None] / (hh * ww), c["z2"].shape)
+    g_z2 = g_a2 * _sigmoid(c["z2"])
+    g_z1 = _conv_input_vjp(c["a1"].shape, p["c2"], g_z2) * _sigmoid(c["z1"])
+    return g_z2, g_z1
+
+
+def conv_input_vjp(p: dict, c: dict, gy: np.ndarray) -> np.ndarray:
+    _, g_z1 = _conv_backward_to_z1(p, c, gy)
+    return _conv_input_vjp(c["x"].shape, p["c1"], g_z1)
+
+
+def conv_param_vjp(p: dict, c: dict, gy: np.ndarray) -> dict:
+    g_z2, g_z1 = _conv_backward_to_z1(p, c, gy)
+    c2, c2b = _conv_param_vjp(c["a1"], g_z2)
+    c1, c1b = _conv_param_vjp(c["x"], g_z1)
+    return {"c1": c1, "c1b": c1b, "c2": c2, "c2b": c2b, "w": c["pooled"].T @ gy, "b": gy.sum(0)}
+
+
+@dataclass(frozen=True)
+class Critic:
+    forward: object
+    input_vjp: object
+    param_vjp: object
+
+
+MLP = Critic(mlp_forward, mlp_input_vjp, mlp_param_vjp)
+CONV = Critic(conv_forward, conv_input_vjp, conv_param_vjp)
+
+# ----------------------------------------------------------------------------- VALP
+
+
+def _rows(v: np.ndarray) -> np.ndarray:
+    return v.reshape(len(v), -1)
+
+
+def _unit(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    norms = np.sqrt((_rows(d) ** 2).sum(1))
+    ok = np.isfinite(norms) & (norms > 1e-12)
+    safe = np.where(ok, norms, 1.0)
+    return d / safe.reshape((-1,) + (1,) * (d.ndim - 1)), ok
+
+
+def _add_grads(a: dict, b: dict) -> dict:
+    return {k: a[k] + b[k] for k in a}
+
+
+def valp(
+    critic: Critic,
+    p: dict,
+    x: np.ndarray,
+    d0: np.ndarray,
+    eps: np.ndarray,
+    *,
+    index: np.ndarray | None = None,
+    K: float = 1.0,
+    xi: float = 10.0,
+    n_power: int = 1,
+    clip: tuple[float, float] | None = None,
+    mode: str = "squared",
+    lam: float = 10.0,
+    rho: float = 0.01,
+    mu: float = 0.0,
+) -> dict:
+    """VALP with d_X = l2, d_Y = |.| (scalar critic), mean reduction; returns values and
+    the gradient of the penalty w.r.t. the critic's parameters."""
+    x = x[index] if index is not None else x
+    fx, cx = critic.forward(p, x)
+    start, _ = _unit(d0)
+    d = start
+    for _ in range(n_power):
+        fr, cr = critic.forward(p, x + xi * d)
+        g = critic.input_vjp(p, cr, np.sign(fr - fx))
+        unit, ok = _unit(g)
+        d = np.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), unit, start)
+    r = eps.reshape((-1,) + (1,) * (x.ndim - 1)) * d
+    x_adv = x + r if clip is None else np.clip(x + r, *clip)
+    fa, ca = critic.forward(p, x_adv)
+    dx = np.maximum(np.sqrt((_rows(x_adv - x) ** 2).sum(1)), 1e-12)
+    diff = (fx - fa)[:, 0]
+    q = np.abs(diff) / dx
+    L = np.maximum(q - K, 0.0)
+    m = len(L)
+    if mode == "squared":
+        value, dL = lam * np.mean(L**2), 2 * lam * L / m
+    else:
+        value, dL = mu * np.mean(L) + 0.5 * rho * np.mean(L**2), mu / m + rho * L / m
+    dq = dL * (q > K)
+    g_fx = (dq * np.sign(diff) / dx)[:, None]
+    grads = _add_grads(critic.param_vjp(p, cx, g_fx), critic.param_vjp(p, ca, -g_fx))
+    return {"penalty": value, "violations": L, "quotients": q, "r_adv": x_adv - x, "direction": d, "grads": grads, "constraint": np.mean(L)}
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def vat(critic: Critic, p: dict, x: np.ndarray, d0: np.ndarray, eps: float, xi: float) -> dict:
+    """VAT's LDS with one power iteration: mean KL(p(x) || p(x + r_adv)), p(x) constant."""
+    logits, _ = critic.forward(p, x)
+    log_p = _log_softmax(logits)
+    d, _ = _unit(d0)
+    lq, cq = critic.forward(p, x + xi * d)
+    # d KL(p || softmax(q)) / d q = softmax(q) - p
+    g = critic.input_vjp(p, cq, np.exp(_log_softmax(lq)) - np.exp(log_p))
+    d, _ = _unit(g)
+    la, _ = critic.forward(p, x + eps * d)
+    kl = (np.exp(log_p) * (log_p - _log_softmax(la))).sum(-1)
+    return {"lds": kl.mean(), "kl": kl, "r_adv": eps * d}
