@@ -1,0 +1,129 @@
+"""Keras 3 (TensorFlow backend, NHWC) WGAN-GP CIFAR-10 ResNet generator and critic.
+
+Layer names equal the canonical names of ``models.spec``. Use ``model(x, training=True)``
+for batch statistics (this also updates the generator's moving statistics).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+# The training code drives these models with tf.GradientTape, so Keras must run on TF.
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+
+from .spec import (  # noqa: E402
+    BN_EPS,
+    BN_MOMENTUM,
+    ResNetConfig,
+    check_params,
+    param_table,
+)
+
+if keras.backend.backend() != "tensorflow":
+    raise ImportError(
+        f"models.tf_resnet needs KERAS_BACKEND=tensorflow, got {keras.backend.backend()!r}"
+    )
+
+# The original's init: uniform, variance 2/(fan_in+fan_out) ("he") or Glorot.
+_HE = {"scale": 2.0, "mode": "fan_avg", "distribution": "uniform"}
+
+
+def _conv(c: int, k: int, he: bool, name: str) -> layers.Conv2D:
+    init = keras.initializers.VarianceScaling(**_HE) if he else "glorot_uniform"
+    return layers.Conv2D(c, k, padding="same", kernel_initializer=init, name=name)
+
+
+def _bn(name: str) -> layers.BatchNormalization:
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)
+
+
+def _up(x):
+    return layers.UpSampling2D(2, interpolation="nearest")(x)
+
+
+def _pool(x):
+    return layers.AveragePooling2D(2)(x)
+
+
+def _tag(model: keras.Model, kind: str, cfg: ResNetConfig) -> keras.Model:
+    # Conversion needs to know what a model is; plain attributes survive on Functional models.
+    model.valr_kind, model.valr_cfg = kind, cfg
+    return model
+
+
+def build_generator(cfg: ResNetConfig | None = None) -> keras.Model:
+    """z (N, latent) -> images (N, 32, 32, 3) in [-1, 1]."""
+    cfg = cfg or ResNetConfig()
+    c, s = cfg.gen_channels, cfg.base_size
+    z = keras.Input((cfg.latent_dim,), name="z")
+    h = layers.Reshape((s, s, c))(layers.Dense(s * s * c, name="dense")(z))
+    for i in (1, 2, 3):
+        b = f"block{i}"
+        r = layers.ReLU()(_bn(f"{b}.bn1")(h))
+        r = _conv(c, 3, True, f"{b}.conv1")(_up(r))
+        r = _conv(c, 3, True, f"{b}.conv2")(layers.ReLU()(_bn(f"{b}.bn2")(r)))
+        h = layers.Add()([_conv(c, 1, False, f"{b}.shortcut")(_up(h)), r])
+    h = layers.ReLU()(_bn("out_bn")(h))
+    x = layers.Activation("tanh")(_conv(cfg.image_channels, 3, False, "out_conv")(h))
+    return _tag(keras.Model(z, x, name="generator"), "generator", cfg)
+
+
+def build_critic(cfg: ResNetConfig | None = None) -> keras.Model:
+    """images (N, 32, 32, 3) -> scores (N, 1); no normalisation."""
+    cfg = cfg or ResNetConfig()
+    c = cfg.critic_channels
+    x = keras.Input((cfg.image_size, cfg.image_size, cfg.image_channels), name="x")
+    # block1 (optimised): conv, ReLU, conv, pool; shortcut pool then 1x1 conv.
+    r = _conv(c, 3, True, "block1.conv2")(layers.ReLU()(_conv(c, 3, True, "block1.conv1")(x)))
+    h = layers.Add()([_conv(c, 1, False, "block1.shortcut")(_pool(x)), _pool(r)])
+    for i, down in ((2, True), (3, False), (4, False)):
+        b = f"block{i}"
+        r = _conv(c, 3, True, f"{b}.conv1")(layers.ReLU()(h))
+        r = _conv(c, 3, True, f"{b}.conv2")(layers.ReLU()(r))
+        short = _conv(c, 1, False, f"{b}.shortcut")(_pool(h)) if down else h
+        h = layers.Add()([short, _pool(r) if down else r])
+    h = layers.GlobalAveragePooling2D()(layers.ReLU()(h))
+    y = layers.Dense(1, name="dense")(h)
+    return _tag(keras.Model(x, y, name="critic"), "critic", cfg)
+
+
+_LEAVES = {
+    "kernel": "kernel",
+    "bias": "bias",
+    "scale": "gamma",
+    "mean": "moving_mean",
+    "var": "moving_variance",
+}
+
+
+def _variable(model: keras.Model, name: str):
+    layer_name, leaf = name.rsplit(".", 1)
+    layer = model.get_layer(layer_name)
+    attr = (
+        "beta" if leaf == "bias" and isinstance(layer, layers.BatchNormalization) else _LEAVES[leaf]
+    )
+    return getattr(layer, attr)
+
+
+def _table(model: keras.Model) -> dict[str, tuple[int, ...]]:
+    return param_table(model.valr_kind, model.valr_cfg)
+
+
+def to_canonical(model: keras.Model) -> dict[str, np.ndarray]:
+    return {
+        name: np.array(_variable(model, name).numpy(), dtype=np.float32) for name in _table(model)
+    }
+
+
+def from_canonical(model: keras.Model, params: Mapping[str, np.ndarray]) -> keras.Model:
+    """Assign canonical ``params`` to ``model`` in place (shapes checked first)."""
+    table = _table(model)
+    check_params(params, table, f"tf {model.valr_kind}")
+    for name in table:
+        _variable(model, name).assign(np.asarray(params[name], dtype=np.float32))
+    return model
