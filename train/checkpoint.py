@@ -1,0 +1,396 @@
+"""Atomic, framework-neutral checkpoints: a flat ``dict[str, np.ndarray]`` plus JSON metadata.
+
+One checkpoint is one ``.npz`` (a zip of ``.npy`` members, read back with
+``np.load(allow_pickle=False)`` only, so loading never runs code). Metadata travels inside the
+same file as UTF-8 JSON in a reserved uint8 member, so arrays and metadata can never disagree.
+
+Writes are atomic: temp file in the same directory -> flush + fsync -> ``os.replace`` -> fsync of
+the directory. A directory managed by :class:`CheckpointManager` holds ``ckpt-<step>.npz`` files
+and a ``latest`` pointer; updating the pointer is the commit point of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+METADATA_KEY = "__metadata_json__"
+LATEST_NAME = "latest"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
+# Temp names start with "." so globbing for checkpoints never sees them.
+_TMP_RE = re.compile(r"^\..+\.tmp-[0-9]+-[0-9a-f]+$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file exists but cannot be read (corrupt, truncated, wrong format)."""
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_path_for(path: str | os.PathLike[str]) -> Path:
+    """A unique hidden temp name beside ``path`` (same filesystem, so os.replace is atomic)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
+
+    On any exception the temp file is removed and ``path`` is left exactly as it was.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_open needs a write mode, got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(target)
+    f = open(tmp, mode, **kwargs)  # closed below on every path
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+# ----------------------------------------------------------------------------- JSON <-> array
+
+
+def json_to_array(obj: Any) -> np.ndarray:
+    """Encode a JSON-serialisable object as a uint8 array (for state that must live in arrays)."""
+    return np.frombuffer(json.dumps(obj, sort_keys=True).encode("utf-8"), dtype=np.uint8).copy()
+
+
+def array_to_json(arr: np.ndarray) -> Any:
+    return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- single files
+
+
+@dataclass
+class Checkpoint:
+    arrays: dict[str, np.ndarray]
+    metadata: dict[str, Any]
+    path: Path
+    step: int | None = field(default=None)
+
+
+def _check_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"checkpoint array keys must be non-empty strings, got {key!r}")
+        if key.startswith("__"):
+            raise ValueError(f"checkpoint array key {key!r} is reserved (starts with '__')")
+        arr = np.asarray(value)
+        if arr.dtype.hasobject:
+            # Object arrays would need pickle to load, which this format never allows.
+            raise ValueError(f"checkpoint array {key!r} has object dtype; only numeric arrays are allowed")
+        out[key] = arr
+    return out
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    arrays: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    *,
+    compress: bool = False,
+) -> Path:
+    """Write ``arrays`` + ``metadata`` atomically to ``path`` (an .npz). Returns the path."""
+    checked = _check_arrays(arrays)
+    meta = dict(metadata)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    try:
+        meta_bytes = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint metadata is not strict JSON: {e}") from e
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    target = Path(path)
+    with atomic_open(target, "wb") as f, zipfile.ZipFile(f, "w", compression=compression) as zf:
+        # Same member layout as np.savez, written by hand so no key can clash with
+        # np.savez's own keyword arguments.
+        for key, arr in checked.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+        with zf.open(METADATA_KEY + ".npy", "w") as member:
+            np.lib.format.write_array(member, np.frombuffer(meta_bytes, dtype=np.uint8))
+    return target
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint; any corruption raises :class:`CheckpointError` naming the file.
+
+    The file is never modified or removed here.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            # Reading every member fully makes zipfile verify each CRC-32.
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as e:
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt or truncated ({type(e).__name__}: {e}). "
+            "It was left untouched; move it aside to resume from an older checkpoint."
+        ) from e
+    raw = arrays.pop(METADATA_KEY, None)
+    if raw is None:
+        raise CheckpointError(f"checkpoint {p} has no metadata member {METADATA_KEY!r}; not a valr checkpoint")
+    try:
+        metadata = array_to_json(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {p} has unreadable metadata ({e})") from e
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"checkpoint {p} metadata is {type(metadata).__name__}, expected a JSON object")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {p} has format_version {version!r}; this code reads format_version {FORMAT_VERSION}"
+        )
+    step = metadata.get("step")
+    return Checkpoint(arrays=arrays, metadata=metadata, path=p, step=step if isinstance(step, int) else None)
+
+
+# ----------------------------------------------------------------------------- directories
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt-{step:09d}.npz"
+
+
+def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """Complete checkpoint files in ``directory`` as (step, path), oldest first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete temp files left by a writer that died mid-write (they are never valid data)."""
+    d = Path(directory)
+    removed = []
+    if d.is_dir():
+        for p in d.iterdir():
+            if _TMP_RE.match(p.name) and p.is_file():
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+def read_latest_pointer(directory: str | os.PathLike[str]) -> Path | None:
+    pointer = Path(directory) / LATEST_NAME
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not _CKPT_RE.match(name):
+        warnings.warn(f"ignoring malformed checkpoint pointer {pointer} (contains {name!r})", stacklevel=2)
+        return None
+    return Path(directory) / name
+
+
+def latest_checkpoint_path(directory: str | os.PathLike[str]) -> Path | None:
+    """The committed latest checkpoint: the ``latest`` pointer, else the highest step file."""
+    target = read_latest_pointer(directory)
+    if target is not None and target.is_file():
+        return target
+    found = list_checkpoints(directory)
+    if target is not None:
+        warnings.warn(
+            f"checkpoint pointer {Path(directory) / LATEST_NAME} names missing file {target.name}; "
+            "falling back to the highest-step checkpoint",
+            stacklevel=2,
+        )
+    return found[-1][1] if found else None
+
+
+def load_latest(directory: str | os.PathLike[str]) -> Checkpoint | None:
+    """Load the latest committed checkpoint in ``directory`` or return None if there is none.
+
+    Stale temp files from an interrupted write are removed first. A corrupt latest file raises
+    :class:`CheckpointError` (listing older checkpoints) and is left in place.
+    """
+    remove_stale_temp_files(directory)
+    path = latest_checkpoint_path(directory)
+    if path is None:
+        return None
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as e:
+        older = [p.name for _, p in list_checkpoints(directory) if p != path]
+        hint = f" Older checkpoints in {directory}: {older}." if older else ""
+        raise CheckpointError(f"{e}{hint}") from e
+
+
+class CheckpointManager:
+    """Keeps the last ``keep`` checkpoints of a run in one directory plus a ``latest`` pointer."""
+
+    def __init__(self, directory: str | os.PathLike[str], keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def save(
+        self, step: int, arrays: Mapping[str, Any], metadata: Mapping[str, Any], *, compress: bool = False
+    ) -> Path:
+        meta = dict(metadata)
+        meta["step"] = int(step)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = save_checkpoint(self.directory / checkpoint_name(step), arrays, meta, compress=compress)
+        # The pointer update commits the checkpoint; a crash before it leaves the old one live.
+        atomic_write_bytes(self.directory / LATEST_NAME, (path.name + "\n").encode("utf-8"))
+        self._prune(keep_path=path)
+        return path
+
+    def _prune(self, keep_path: Path) -> None:
+        found = [p for _, p in list_checkpoints(self.directory)]
+        for p in found[: max(0, len(found) - self.keep)]:
+            if p != keep_path:
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def latest_path(self) -> Path | None:
+        return latest_checkpoint_path(self.directory)
+
+    def load_latest(self) -> Checkpoint | None:
+        return load_latest(self.directory)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+ArraySpec = Mapping[str, tuple[Sequence[int], Any]]
+
+
+def array_spec(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The (shape, dtype) spec of live arrays, to validate a checkpoint against."""
+    return {k: (tuple(np.shape(v)), np.asarray(v).dtype.str) for k, v in arrays.items()}
+
+
+def validate_arrays(
+    arrays: Mapping[str, np.ndarray],
+    expected: ArraySpec,
+    *,
+    context: str = "checkpoint",
+    allow_extra: bool = False,
+) -> None:
+    """Raise ValueError naming the first key whose presence, shape or dtype does not match."""
+    for key, (shape, dtype) in expected.items():
+        if key not in arrays:
+            raise ValueError(
+                f"{context}: missing array {key!r} (expected shape {tuple(shape)}, dtype {np.dtype(dtype).name})"
+            )
+        arr = arrays[key]
+        if tuple(arr.shape) != tuple(shape):
+            raise ValueError(f"{context}: array {key!r} has shape {tuple(arr.shape)}, expected {tuple(shape)}")
+        if np.dtype(arr.dtype) != np.dtype(dtype):
+            raise ValueError(
+                f"{context}: array {key!r} has dtype {np.dtype(arr.dtype).name}, expected {np.dtype(dtype).name}"
+            )
+    if not allow_extra:
+        extra = sorted(set(arrays) - set(expected))
+        if extra:
+            raise ValueError(f"{context}: unexpected array {extra[0]!r} ({len(extra)} unexpected in total)")
+
+
+def validate_metadata(
+    metadata: Mapping[str, Any],
+    *,
+    framework: str | None = None,
+    architecture: Mapping[str, Any] | None = None,
+    context: str = "checkpoint",
+) -> None:
+    """Raise ValueError naming the field whose checkpoint value differs from this run's."""
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{context}: field 'format_version' is {version!r}, this code expects {FORMAT_VERSION}")
+    if framework is not None and metadata.get("framework") != framework:
+        raise ValueError(
+            f"{context}: field 'framework' is {metadata.get('framework')!r}, this run uses {framework!r}"
+        )
+    if architecture is not None:
+        saved = metadata.get("architecture")
+        if not isinstance(saved, Mapping):
+            raise ValueError(f"{context}: field 'architecture' is {saved!r}, expected a mapping")
+        for key in sorted(set(saved) | set(architecture)):
+            a, b = saved.get(key, "<absent>"), architecture.get(key, "<absent>")
+            if _jsonish(a) != _jsonish(b):
+                raise ValueError(
+                    f"{context}: architecture field {key!r} is {a!r} in the checkpoint but {b!r} in this run"
+                )
+
+
+def _jsonish(value: Any) -> Any:
+    # Tuples become lists in JSON; compare in the JSON domain so (4, 4) == [4, 4].
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointManager",
+    "array_spec",
+    "array_to_json",
+    "atomic_open",
+    "atomic_write_bytes",
+    "json_to_array",
+    "latest_checkpoint_path",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_latest",
+    "remove_stale_temp_files",
+    "save_checkpoint",
+    "validate_arrays",
+    "validate_metadata",
+]

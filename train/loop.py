@@ -1,0 +1,496 @@
+"""The framework-neutral WGAN training loop.
+
+A trainer (torch, TF or JAX) implements :class:`Trainer` with NumPy in and out; this module
+does everything else: data batches, n_critic + 1 schedule, progress bar, logs, EMA sample grids,
+periodic/final/interrupt checkpoints, exact resume, NaN/Inf stop, and optional IS/FID/KID.
+
+Exactness of resume rests on: the trainer's ``state_arrays`` holding *all* of its state
+(parameters, optimiser slots, EMA, BatchNorm statistics, AL multiplier, its RNG state), the
+data iterator's state, and the loop's own log accumulators, all of which go into the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from train import checkpoint as ckpt
+from train.config import ConfigError, TrainConfig, build_parser, lr_at, parse_config
+from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
+from train.logs import MetricsWriter, TensorBoardWriter, save_image_grid
+from train.metrics import Evaluator, FeatureFn, InceptionFeatureExtractor, inception_available
+
+log = logging.getLogger("valr.train")
+
+CHECKPOINT_DIR = "checkpoints"
+TRAINER_PREFIX = "trainer/"
+DATA_PREFIX = "data/"
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """What a framework trainer implements. Everything crosses the boundary as NumPy.
+
+    * ``critic_step(real, step)``: one critic update on ``real`` (float32 NHWC in [-1, 1],
+      shape (batch_size, 32, 32, 3)); the trainer draws its own fake batch. ``step`` is the
+      0-based generator iteration this update belongs to (use it for the lr schedule,
+      :func:`train.config.lr_at`). Returns scalar metrics, e.g. ``loss``, ``wdist``,
+      ``penalty``, ``violation_mean``, ``violation_max``, ``violation_frac``, ``al_mu``.
+    * ``generator_step(step)``: one generator update (+ EMA update); returns scalar metrics.
+    * ``sample(z)``: EMA generator in inference mode on float32 latents (N, z_dim) -> uint8
+      NHWC (N, 32, 32, 3). Must not change any state that affects training.
+    * ``state_arrays()``: the complete training state as a flat ``dict[str, np.ndarray]``
+      (keys without a leading ``__``), including optimiser slots, EMA, BN statistics, the AL
+      multiplier and the trainer's RNG state (see :func:`train.checkpoint.json_to_array`).
+    * ``load_state_arrays(arrays)``: inverse of ``state_arrays``; validate with
+      :func:`train.checkpoint.validate_arrays` so mismatches name the key.
+    """
+
+    framework: str
+
+    def critic_step(self, real: np.ndarray, step: int) -> Mapping[str, float]: ...
+
+    def generator_step(self, step: int) -> Mapping[str, float]: ...
+
+    def sample(self, z: np.ndarray) -> np.ndarray: ...
+
+    def state_arrays(self) -> dict[str, np.ndarray]: ...
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None: ...
+
+
+class ResumeError(ValueError):
+    """The checkpoint cannot be resumed into this run (framework, architecture, keys, data)."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss (or the state about to be checkpointed) became NaN/Inf; training stopped."""
+
+
+@dataclass
+class RunResult:
+    status: str  # "completed" | "interrupted"
+    step: int
+    checkpoint: Path | None
+    signal: int | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        # 128 + signal number is the shell convention for "ended by this signal".
+        return 0 if self.status == "completed" else 128 + int(self.signal or signal.SIGINT)
+
+
+# ----------------------------------------------------------------------------- signals
+
+
+class _StopRequest:
+    """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second signal {signum}: aborting without a final checkpoint")
+        self.signum = signum
+        log.warning("received %s: finishing this iteration, writing a checkpoint, then stopping",
+                    signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # handlers can only be installed from the main thread
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _Accumulator:
+    """Running sums for interval means; JSON round-trips floats exactly, so it resumes exactly."""
+
+    def __init__(self, state: Mapping[str, Any] | None = None) -> None:
+        self.sums: dict[str, float] = dict(state["sums"]) if state else {}
+        self.counts: dict[str, int] = dict(state["counts"]) if state else {}
+
+    def add(self, prefix: str, metrics: Mapping[str, float]) -> None:
+        for k, v in metrics.items():
+            key = prefix + k
+            self.sums[key] = self.sums.get(key, 0.0) + float(v)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        return {k: self.sums[k] / self.counts[k] for k in self.sums}
+
+    def reset(self) -> None:
+        self.sums.clear()
+        self.counts.clear()
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "counts": dict(self.counts)}
+
+
+def _check_finite(metrics: Mapping[str, Any], where: str, step: int, last_ckpt: Path | None) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            f = float(v)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{where} returned non-scalar metric {k!r}={v!r}") from e
+        if not math.isfinite(f):
+            kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint had been written yet"
+            raise NonFiniteError(
+                f"{where} at iteration {step + 1} returned {k}={f}; training stopped. "
+                f"Nothing was saved after the divergence; {kept}."
+            )
+        out[k] = f
+    return out
+
+
+def _every(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _fixed_latents(cfg: TrainConfig, n: int, purpose: int, step: int = 0) -> np.ndarray:
+    # Separate seeded streams, never the trainer's RNG, so sampling cannot perturb training.
+    return np.random.default_rng([cfg.seed, purpose, step]).standard_normal((n, cfg.z_dim)).astype(np.float32)
+
+
+def _check_images(images: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
+    arr = np.asarray(images)
+    want = (n, cfg.image_size, cfg.image_size, 3)
+    if arr.dtype != np.uint8 or arr.shape != want:
+        raise TypeError(f"trainer.sample must return uint8 {want}, got {arr.dtype} {arr.shape}")
+    return arr
+
+
+_VOLATILE_CONFIG = {"resume", "steps", "out", "progress", "tensorboard", "device", "data_path", "download",
+                    "inception_weights", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
+                    "eval_every", "eval_samples", "final_eval_samples", "preset"}
+
+
+class _TqdmLogHandler(logging.Handler):
+    """Routes log lines through tqdm.write so they do not break the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never crash training
+            self.handleError(record)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class TrainingLoop:
+    def __init__(
+        self,
+        trainer: Trainer,
+        cfg: TrainConfig,
+        *,
+        data: np.ndarray | None = None,
+        feature_fn: FeatureFn | None = None,
+    ) -> None:
+        missing = [m for m in ("critic_step", "generator_step", "sample", "state_arrays", "load_state_arrays")
+                   if not callable(getattr(trainer, m, None))]
+        if missing or not isinstance(getattr(trainer, "framework", None), str):
+            raise TypeError(f"trainer does not implement the Trainer protocol (missing: {missing or ['framework']})")
+        self.trainer = trainer
+        self.cfg = cfg.validate()
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / CHECKPOINT_DIR
+        self.manager = ckpt.CheckpointManager(self.ckpt_dir, keep=cfg.keep_checkpoints)
+        self.data = data if data is not None else load_dataset(cfg.data, cfg.data_path, download=cfg.download)
+        self.batches = BatchIterator(self.data, cfg.batch_size, seed=cfg.effective_data_seed,
+                                     flip=cfg.flip, dequantize=cfg.dequantize)
+        self.feature_fn = feature_fn
+        self.step = 0
+        self.accum = _Accumulator()
+        self.last_ckpt: Path | None = None
+        self.last_ckpt_step: int | None = None
+        self._evaluator: Evaluator | None = None
+        self._eval_disabled = False
+        self._postfix: dict[str, float] = {}
+
+    # -- resume ------------------------------------------------------------------------------
+
+    def _find_resume_checkpoint(self) -> ckpt.Checkpoint | None:
+        cfg = self.cfg
+        if cfg.resume is None:
+            if ckpt.list_checkpoints(self.ckpt_dir) or (self.ckpt_dir / ckpt.LATEST_NAME).exists():
+                raise FileExistsError(
+                    f"{self.ckpt_dir} already holds checkpoints; pass --resume to continue that run "
+                    "or choose another --out"
+                )
+            return None
+        if cfg.resume == "auto":
+            found = ckpt.load_latest(self.ckpt_dir)
+            if found is None:
+                log.info("--resume: no checkpoint in %s, starting a fresh run", self.ckpt_dir)
+            return found
+        path = Path(cfg.resume).expanduser()
+        if path.is_dir():
+            found = ckpt.load_latest(path)
+            if found is None:
+                raise FileNotFoundError(f"--resume {path}: no checkpoint in that directory")
+            return found
+        return ckpt.load_checkpoint(path)
+
+    def _restore(self, found: ckpt.Checkpoint) -> None:
+        try:
+            self._restore_unchecked(found)
+        except (ValueError, KeyError) as e:
+            msg = str(e) if isinstance(e, ValueError) else f"missing entry {e}"
+            raise ResumeError(f"cannot resume from {found.path}: {msg}") from e
+        log.info("resumed from %s at iteration %d", found.path, self.step)
+
+    def _restore_unchecked(self, found: ckpt.Checkpoint) -> None:
+        meta = found.metadata
+        ckpt.validate_metadata(meta, framework=self.trainer.framework, architecture=self.cfg.architecture())
+        saved_cfg = meta.get("config", {})
+        changed = sorted(k for k, v in self.cfg.to_dict().items()
+                         if k not in _VOLATILE_CONFIG and k in saved_cfg and saved_cfg[k] != v)
+        if changed:
+            log.warning("resuming with settings that differ from the checkpoint's: %s",
+                        ", ".join(f"{k}: {saved_cfg[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+        arrays = found.arrays
+        self.trainer.load_state_arrays(
+            {k[len(TRAINER_PREFIX):]: v for k, v in arrays.items() if k.startswith(TRAINER_PREFIX)})
+        self.batches.import_state(
+            {k[len(DATA_PREFIX):]: v for k, v in arrays.items() if k.startswith(DATA_PREFIX)},
+            meta["data_iterator"])
+        self.step = int(meta["step"])
+        self.accum = _Accumulator(meta.get("loop", {}).get("accum"))
+        self.last_ckpt, self.last_ckpt_step = found.path, self.step
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def _save_checkpoint(self) -> Path:
+        state = self.trainer.state_arrays()
+        arrays: dict[str, np.ndarray] = {}
+        for k, v in state.items():
+            a = np.asarray(v)
+            if a.dtype.kind in "fc" and not np.isfinite(a).all():
+                raise NonFiniteError(
+                    f"trainer state array {k!r} contains NaN/Inf at iteration {self.step}; not checkpointing it. "
+                    f"The last good checkpoint is {self.last_ckpt or 'none'}."
+                )
+            arrays[TRAINER_PREFIX + k] = a
+        data_arrays, data_meta = self.batches.export_state()
+        arrays.update({DATA_PREFIX + k: v for k, v in data_arrays.items()})
+        meta = {
+            "framework": self.trainer.framework,
+            "architecture": self.cfg.architecture(),
+            "config": self.cfg.to_dict(),
+            "data_iterator": data_meta,
+            "loop": {"accum": self.accum.state()},
+            "saved_at": time.time(),
+        }
+        path = self.manager.save(self.step, arrays, meta)
+        self.last_ckpt, self.last_ckpt_step = path, self.step
+        return path
+
+    def _log_row(self, extra: Mapping[str, float], seconds_per_it: float | None) -> None:
+        row: dict[str, Any] = dict(self.accum.means())
+        row["lr/g"] = lr_at(self.cfg.lr_g, self.step - 1, self.cfg.steps, self.cfg.lr_decay)
+        row["lr/d"] = lr_at(self.cfg.lr_d, self.step - 1, self.cfg.steps, self.cfg.lr_decay)
+        row["data/epoch"] = self.batches.epoch
+        row.update(extra)
+        if seconds_per_it is not None:
+            row["time/sec_per_it"] = seconds_per_it
+        self.metrics.write(self.step, row)
+        if self.tb is not None:
+            self.tb.add_scalars(self.step, row)
+            self.tb.flush()
+        self.accum.reset()
+
+    def _save_samples(self) -> None:
+        n = self.cfg.n_sample_grid
+        images = _check_images(self.trainer.sample(self.fixed_z), n, self.cfg)
+        grid = save_image_grid(self.out / "samples" / f"step_{self.step:07d}.png", images,
+                               nrow=max(1, int(math.sqrt(n))))
+        if self.tb is not None:
+            self.tb.add_image("samples/ema", grid, self.step)
+            self.tb.flush()
+
+    def _evaluator_or_none(self) -> Evaluator | None:
+        if self._eval_disabled:
+            return None
+        if self._evaluator is None:
+            feature_fn = self.feature_fn
+            key = f"{self.batches.fingerprint}:custom"
+            cache = self.out / "eval_reference.npz"
+            if feature_fn is None:
+                status = inception_available(self.cfg.inception_weights)
+                if not status.ok:
+                    log.warning("IS/FID/KID evaluation disabled for this run: %s", status.reason)
+                    self._eval_disabled = True
+                    return None
+                device = "cuda" if self.cfg.device.startswith(("cuda", "gpu")) else "cpu"
+                feature_fn = InceptionFeatureExtractor(status.weights, device=device)
+                key = f"{self.batches.fingerprint}:{status.weights.name if status.weights else ''}"
+                # Inception statistics of a dataset are shared by every run on it.
+                cache = default_cache_dir() / f"inception-reference-{self.batches.fingerprint}.npz"
+            self._evaluator = Evaluator(feature_fn, self.data, cache_path=cache,
+                                        reference_key=key, seed=self.cfg.seed)
+        return self._evaluator
+
+    def _evaluate(self, n: int) -> dict[str, float]:
+        evaluator = self._evaluator_or_none()
+        if evaluator is None:
+            return {}
+        z = _fixed_latents(self.cfg, n, purpose=2, step=self.step)
+        bs = self.cfg.gen_batch_size
+        images = np.concatenate([_check_images(self.trainer.sample(z[i:i + bs]), len(z[i:i + bs]), self.cfg)
+                                 for i in range(0, n, bs)])
+        t0 = time.perf_counter()
+        result = {f"eval/{k}": v for k, v in evaluator.evaluate(images).items()}
+        log.info("iteration %d: %s (%.1fs)", self.step,
+                 ", ".join(f"{k[5:]}={v:.4g}" for k, v in result.items()), time.perf_counter() - t0)
+        return result
+
+    # -- main loop ---------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        found = self._find_resume_checkpoint()
+        if found is not None:
+            self._restore(found)
+            if self.step >= cfg.steps:
+                log.info("the run in %s is already complete (%d/%d iterations)", self.out, self.step, cfg.steps)
+                return RunResult("completed", self.step, self.last_ckpt)
+        self.out.mkdir(parents=True, exist_ok=True)
+        with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
+            json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+        self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, purpose=1)
+        resumed = found is not None
+        self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None)
+        self.tb = TensorBoardWriter(self.out / "tb", purge_step=self.step + 1 if resumed else None) \
+            if cfg.tensorboard else None
+        stop = _StopRequest()
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+                   desc=self.trainer.framework, unit="it", file=sys.stderr)
+        try:
+            with stop.installed():
+                t0, t0_step = time.perf_counter(), self.step
+                while self.step < cfg.steps:
+                    self._iteration()
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in self._postfix.items()}, refresh=False)
+                    bar.update(1)
+                    if self.step == cfg.steps:
+                        break  # the final step's outputs are written below
+                    extra: dict[str, float] = {}
+                    if _every(self.step, cfg.eval_every):
+                        extra = self._evaluate(cfg.eval_samples)
+                    if _every(self.step, cfg.log_every) or extra:
+                        self._log_row(extra, (time.perf_counter() - t0) / (self.step - t0_step))
+                        t0, t0_step = time.perf_counter(), self.step
+                    if _every(self.step, cfg.sample_every):
+                        self._save_samples()
+                    if _every(self.step, cfg.checkpoint_every):
+                        self._save_checkpoint()
+                    if stop.signum is not None:
+                        path = self._save_checkpoint() if self.last_ckpt_step != self.step else self.last_ckpt
+                        log.warning("stopped by %s at iteration %d; checkpoint %s; continue with --resume",
+                                    signal.Signals(stop.signum).name, self.step, path)
+                        return RunResult("interrupted", self.step, path, signal=stop.signum)
+                # Final step: checkpoint first (the state is what matters), then samples, the
+                # final evaluation and one log row holding both the last interval and the metrics.
+                seconds_per_it = (time.perf_counter() - t0) / max(1, self.step - t0_step)
+                self._save_checkpoint()
+                self._save_samples()
+                n_eval = cfg.final_eval_samples or (cfg.eval_samples if _every(self.step, cfg.eval_every) else 0)
+                eval_metrics = self._evaluate(n_eval) if n_eval else {}
+                self._log_row(eval_metrics, seconds_per_it)
+                log.info("done: %d iterations; checkpoint %s; samples in %s; logs in %s",
+                         self.step, self.last_ckpt, self.out / "samples", self.metrics.jsonl_path)
+                return RunResult("completed", self.step, self.last_ckpt, eval_metrics=eval_metrics)
+        finally:
+            bar.close()
+            self.metrics.close()
+            if self.tb is not None:
+                self.tb.close()
+
+    def _iteration(self) -> None:
+        cfg, step = self.cfg, self.step
+        for k in range(cfg.n_critic):
+            real = next(self.batches)
+            m = _check_finite(self.trainer.critic_step(real, step),
+                              f"critic step {k + 1}/{cfg.n_critic}", step, self.last_ckpt)
+            self.accum.add("critic/", m)
+        g = _check_finite(self.trainer.generator_step(step), "generator step", step, self.last_ckpt)
+        self.accum.add("gen/", g)
+        self._postfix = {**{f"d_{k}": v for k, v in m.items()}, **{f"g_{k}": v for k, v in g.items()}}
+        self.step = step + 1
+
+
+def run_training(
+    trainer: Trainer,
+    cfg: TrainConfig,
+    *,
+    data: np.ndarray | None = None,
+    feature_fn: FeatureFn | None = None,
+) -> RunResult:
+    """Train ``trainer`` per ``cfg``; see :class:`TrainingLoop`. ``data`` (uint8 NHWC) and
+    ``feature_fn`` (images -> (pool features, logits)) override the configured dataset and
+    InceptionV3, mainly for tests."""
+    return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn).run()
+
+
+def _setup_logging() -> None:
+    if not log.handlers:
+        handler = _TqdmLogHandler()
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def main(
+    framework: str,
+    make_trainer: Callable[[TrainConfig], Trainer],
+    argv: Sequence[str] | None = None,
+    *,
+    parser: Any = None,
+) -> int:
+    """Command-line entry shared by the trainers: ``sys.exit(main("torch", TorchWGAN))``.
+
+    Returns 0 when completed, 128 + signal when interrupted (after a checkpoint), 1 when the
+    run diverged, 2 on configuration / data / checkpoint errors (message on stderr).
+    """
+    cfg = parse_config(argv, framework, parser or build_parser(framework))
+    _setup_logging()
+    try:
+        data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
+        trainer = make_trainer(cfg)
+        result = run_training(trainer, cfg, data=data)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ConfigError, DataError, ckpt.CheckpointError, ResumeError, FileExistsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return result.exit_code
