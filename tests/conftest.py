@@ -55,6 +55,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         needed: set[str] = set()
         for mark in item.iter_markers("framework"):
             needed.update(mark.args)
+        if needed >= set(ALL_FRAMEWORKS):
+            item.add_marker(pytest.mark.parity)  # needs all three: the parity env runs it
         if item.get_closest_marker("parity"):
             needed.update(ALL_FRAMEWORKS)
         if "framework" in getattr(item, "fixturenames", ()) and not SELECTED:

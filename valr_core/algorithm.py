@@ -110,10 +110,13 @@ def compute_violations(
     x: Tensor,
     draws: Draws,
     fx: Tensor | None = None,
+    freeze: Any = None,
 ) -> Violations:
     """Lipschitz violations at virtual adversarial pairs (eq. 16), deterministic given ``draws``.
 
     ``fx`` may pass the critic's outputs on the whole batch ``x`` to save a forward pass.
+    ``freeze``: the module/model whose normalisation statistics VALP's passes must not update
+    (default: the critic itself when it is one, or the owner of a bound method).
     Both f(x) and f(x + r_adv) carry gradients to the critic's parameters (unless
     ``stop_gradient_clean``); r_adv itself is a constant.
     """
@@ -122,7 +125,7 @@ def compute_violations(
         x = xp.take(x, draws.index, axis=0)
         if fx is not None:
             fx = xp.take(fx, draws.index, axis=0)
-    with backend.frozen_state(critic):
+    with backend.frozen_state(critic if freeze is None else freeze):
         if fx is None:
             fx = critic(x)
         _check_output(backend, fx, x, "critic(x)")

@@ -6,7 +6,6 @@ of frameworks that are *already imported* whether they own a given tensor.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.util
 import sys
@@ -27,9 +26,15 @@ def backend_names() -> tuple[str, ...]:
     return tuple(_BACKENDS)
 
 
-@functools.cache
+_LOADED: dict[str, Backend] = {}
+
+
 def get_backend(name: str) -> Backend:
     """The adapter for ``name`` ("torch", "tf"/"tensorflow", "jax"), imported on first use."""
+    # A plain dict lookup first: cheap on the hot path and traceable by torch.compile.
+    cached = _LOADED.get(name)
+    if cached is not None:
+        return cached
     if not isinstance(name, str):
         raise TypeError(f"backend must be a string such as 'torch', 'tf' or 'jax', got {type(name).__name__}")
     key = _ALIASES.get(name.lower())
@@ -41,7 +46,9 @@ def get_backend(name: str) -> Backend:
             f"backend {name!r} needs the '{framework}' package, which is not installed; "
             f"install it with: pip install 'valr[{extra}]'"
         )
-    return importlib.import_module(module_name).BACKEND
+    backend = importlib.import_module(module_name).BACKEND
+    _LOADED[name] = backend
+    return backend
 
 
 def _loaded_backends() -> list[Backend]:

@@ -70,20 +70,21 @@ class VALP(ValpConfig):
         *,
         draws: Draws | None = None,
         fx: Tensor | None = None,
+        freeze: Any = None,
     ) -> tuple[Violations, Rng | None]:
         """Per-sample violations; pass ``rng`` to draw, or fixed ``draws``."""
         backend, x = self.resolve(x)
-        return self._violations(backend, critic, x, rng, draws, fx)
+        return self._violations(backend, critic, x, rng, draws, fx, freeze)
 
     def _violations(
-        self, backend: Backend, critic: Callable[[Tensor], Tensor], x: Tensor, rng: Rng | None, draws: Draws | None, fx: Tensor | None
+        self, backend: Backend, critic: Callable[[Tensor], Tensor], x: Tensor, rng: Rng | None, draws: Draws | None, fx: Tensor | None, freeze: Any = None
     ) -> tuple[Violations, Rng | None]:
         if draws is None:
             if rng is None:
                 raise ValueError(f"pass rng (the random state; {backend.rng_help()}) or fixed draws=Draws(...)")
             self._check_rng(backend, rng)
             draws, rng = sample_draws(backend, self, x, rng)
-        return compute_violations(backend, self, critic, x, draws, fx), rng
+        return compute_violations(backend, self, critic, x, draws, fx, freeze), rng
 
     # -- the loss ----------------------------------------------------------------------------
     def loss(
@@ -95,10 +96,17 @@ class VALP(ValpConfig):
         *,
         draws: Draws | None = None,
         fx: Tensor | None = None,
+        freeze: Any = None,
     ) -> tuple[Tensor, ValpAux]:
-        """The penalty term to add to the critic's loss, and diagnostics."""
+        """The penalty term to add to the critic's loss, and diagnostics.
+
+        critic: callable (m, ...) -> (m,) or (m, k). rng: torch.Generator / tf.random.Generator
+        / JAX key (or fixed ``draws``). state: ALState for mode="al". fx: critic(x), if already
+        computed, to save a forward pass. freeze: the nn.Module / Keras model whose BatchNorm
+        statistics VALP's passes must leave untouched when ``critic`` is a plain function.
+        """
         backend, x = self.resolve(x)
-        result, rng = self._violations(backend, critic, x, rng, draws, fx)
+        result, rng = self._violations(backend, critic, x, rng, draws, fx, freeze)
         xp = backend.namespace(x)
         value = penalty(xp, self, result.violations, state)
         L = backend.stop_gradient(result.violations)
