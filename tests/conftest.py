@@ -1,6 +1,6 @@
 """Test selection by framework.
 
-VALR_BACKENDS (comma list, e.g. "torch") names the frameworks this run must test; tox sets it
+VALR_BACKENDS (comma list, e.g. "torch", or "none") names the frameworks this run must test; tox sets it
 per env. A listed framework that fails to import is a collection error, never a skip. Tests
 marked ``@pytest.mark.framework("tf", ...)`` whose frameworks are not all listed are
 *deselected* (they belong to another env). Without VALR_BACKENDS every installed framework
@@ -31,6 +31,8 @@ def selected_frameworks() -> tuple[str, ...]:
     raw = os.environ.get("VALR_BACKENDS", "").strip()
     if not raw:
         return tuple(f for f in ALL_FRAMEWORKS if importlib.util.find_spec(_IMPORT_NAME[f]))
+    if raw == "none":
+        return ()
     names = tuple(n.strip() for n in raw.split(",") if n.strip())
     unknown = [n for n in names if n not in ALL_FRAMEWORKS]
     if unknown:
@@ -42,6 +44,15 @@ def selected_frameworks() -> tuple[str, ...]:
 
 
 SELECTED = selected_frameworks()
+
+
+def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) -> bool | None:
+    """Files named test_*_<framework>.py belong to that framework's env: not collected elsewhere."""
+    stem = collection_path.stem
+    for name in ALL_FRAMEWORKS:
+        if stem.startswith("test_") and stem.endswith(f"_{name}") and name not in SELECTED:
+            return True
+    return None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

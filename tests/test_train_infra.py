@@ -398,6 +398,7 @@ def test_image_grid_png(tmp_path: Path) -> None:
         assert im.mode == "L"
 
 
+@pytest.mark.framework("tf")  # TensorBoard's own protobufs ship with TensorFlow
 def test_tensorboard_event_file(tmp_path: Path) -> None:
     assert tlogs.crc32c(b"123456789") == 0xE3069283  # the standard CRC-32C check value
     w = tlogs.TensorBoardWriter(tmp_path, purge_step=3)
@@ -406,7 +407,7 @@ def test_tensorboard_event_file(tmp_path: Path) -> None:
     w.close()
     records = tlogs.read_tfevents_records(w.path)
     assert len(records) == 4
-    event_pb2 = pytest.importorskip("tensorboard.compat.proto.event_pb2")
+    from tensorboard.compat.proto import event_pb2
     events = [event_pb2.Event.FromString(r) for r in records]
     assert events[0].file_version == "brain.Event:2"
     assert events[1].step == 3 and events[1].session_log.status == event_pb2.SessionLog.START
