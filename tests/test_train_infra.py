@@ -259,6 +259,7 @@ def test_checkpoint_roundtrip_and_reserved_names(tmp_path: Path) -> None:
     c = ckpt.load_checkpoint(path)
     assert set(c.arrays) == set(arrays) and c.step == 3 and c.metadata["format_version"] == ckpt.FORMAT_VERSION
     np.testing.assert_array_equal(c.arrays["gen/w"], arrays["gen/w"])
+    assert c.arrays["file"].shape == () and c.arrays["file"] == 3  # scalars stay 0-d
     assert ckpt.array_to_json(c.arrays["rng"]) == {"s": 2**100}
     with np.load(path, allow_pickle=False) as z:  # plain NumPy can read it too
         assert "gen/w" in z.files

@@ -152,7 +152,7 @@ def save_checkpoint(
         # np.savez's own keyword arguments.
         for key, arr in checked.items():
             with zf.open(key + ".npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+                np.lib.format.write_array(member, np.asarray(arr, order="C"), allow_pickle=False)
         with zf.open(METADATA_KEY + ".npy", "w") as member:
             np.lib.format.write_array(member, np.frombuffer(meta_bytes, dtype=np.uint8))
     return target

@@ -1,0 +1,235 @@
+"""The TensorFlow WGAN trainer: ``python -m train.tf_wgan [--preset smoke] [--penalty valp|gp|lp|none]``.
+
+Implements :class:`train.loop.Trainer` for the reference setup (SPEC "The reference training
+setup"): the Keras ResNet generator/critic of ``models.tf_resnet``, critic loss
+E f(G(z)) - E f(x) + penalty (``train.tf_penalties``, one code path for every penalty), generator
+loss -E f(G(z)), Adam(beta1, beta2) with the loop's linear lr decay, an EMA of all generator
+weights (BatchNorm statistics included) for sampling, and the AL multiplier updated after every
+critic step. Both steps are ``tf.function`` graphs with the lr fed as a tensor, so they trace once;
+everything stays on TF's default device (the GPU when present) and the only host transfer per
+step is the vector of returned metrics. All randomness comes from two explicit
+``tf.random.Generator`` streams (latents, penalty) whose states are checkpointed with everything
+else, so a resumed run continues the uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import zlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from train.tf_penalties import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()  # before Keras/TF: keeps TF's start-up notices out of the logs
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from models import tf_resnet  # noqa: E402
+from models.spec import ResNetConfig, is_stat, param_table  # noqa: E402
+from train import checkpoint as ckpt  # noqa: E402
+from train import loop, tf_penalties  # noqa: E402
+from train.config import ConfigError, TrainConfig, lr_at  # noqa: E402
+from train.data import to_uint8  # noqa: E402
+from valr_core import ALState  # noqa: E402
+
+FRAMEWORK = "tf"
+ADAM_EPS = 1e-8  # torch/optax default; Keras's is 1e-7
+
+
+def _device_name(device: str) -> str | None:
+    """TF device for ``--device``: None = TF's default placement (the first GPU when present)."""
+    if device == "auto":
+        return None
+    if device == "cpu":
+        return "/CPU:0"
+    kind, _, index = device.partition(":")
+    if kind in ("cuda", "gpu"):
+        gpus = tf.config.list_physical_devices("GPU")
+        if int(index or 0) >= len(gpus):
+            raise ConfigError(f"--device {device}: TensorFlow sees {len(gpus)} GPU(s)")
+        return f"/GPU:{int(index or 0)}"
+    raise ConfigError(f"--device {device} is not supported by the TF trainer (use auto, cpu or gpu[:N])")
+
+
+def named_variables(model: keras.Model) -> dict[str, tf.Variable]:
+    """Canonical name (``models.spec``) -> the model's tf.Variable, in the canonical table's order."""
+    # ``.value`` of a Keras 3 variable is the tf.Variable itself (what tapes can watch).
+    return {name: tf_resnet._variable(model, name).value for name in param_table(model.valr_kind, model.valr_cfg)}
+
+
+def _seeded_init(model: keras.Model, seed: int) -> None:
+    """Re-draw every kernel with its own initializer under an explicit seed, so initial weights
+    depend on ``seed`` only (Keras would otherwise draw from its global generator)."""
+    for name, var in named_variables(model).items():
+        layer_name, leaf = name.rsplit(".", 1)
+        if leaf != "kernel":
+            continue  # biases and BatchNorm start at constants
+        init = model.get_layer(layer_name).kernel_initializer
+        seeded = init.__class__.from_config({**init.get_config(), "seed": _derive_seed(seed, model.valr_kind, name)})
+        var.assign(seeded(var.shape, var.dtype))
+
+
+def _derive_seed(seed: int, *parts: str) -> int:
+    return int(np.random.SeedSequence([seed, *(zlib.crc32(p.encode()) for p in parts)]).generate_state(1)[0] >> 1)
+
+
+class Adam:
+    """Adam with explicit, checkpointable slots; lr is a call argument (the loop's schedule).
+
+    Bias-corrected as in torch/optax: p -= lr * m_hat / (sqrt(v_hat) + eps)."""
+
+    def __init__(self, variables: Mapping[str, tf.Variable], beta1: float, beta2: float, eps: float = ADAM_EPS) -> None:
+        self.variables = dict(variables)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m = {k: tf.Variable(tf.zeros_like(v), trainable=False) for k, v in self.variables.items()}
+        self.v = {k: tf.Variable(tf.zeros_like(v), trainable=False) for k, v in self.variables.items()}
+        self.t = tf.Variable(tf.zeros([], tf.int64), trainable=False)
+
+    def apply(self, grads: Sequence[tf.Tensor], lr: tf.Tensor) -> None:
+        t = tf.cast(self.t.assign_add(1), tf.float32)
+        c1 = 1.0 - tf.pow(self.beta1, t)
+        c2 = 1.0 - tf.pow(self.beta2, t)
+        for (k, p), g in zip(self.variables.items(), grads, strict=True):
+            m = self.m[k].assign(self.beta1 * self.m[k] + (1.0 - self.beta1) * g)
+            v = self.v[k].assign(self.beta2 * self.v[k] + (1.0 - self.beta2) * tf.square(g))
+            p.assign_sub(lr * (m / c1) / (tf.sqrt(v / c2) + self.eps))
+
+    def state(self, prefix: str) -> dict[str, tf.Variable]:
+        out: dict[str, tf.Variable] = {f"{prefix}/t": self.t}
+        out.update({f"{prefix}/m/{k}": v for k, v in self.m.items()})
+        out.update({f"{prefix}/v/{k}": v for k, v in self.v.items()})
+        return out
+
+
+class TfWGAN:
+    """The TF trainer of the shared loop (see :class:`train.loop.Trainer`)."""
+
+    framework = FRAMEWORK
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.device = _device_name(cfg.device)
+        self.penalty = tf_penalties.penalty_from_config(cfg)
+        rc = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
+                          critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+        with self._on_device():
+            self.gen = tf_resnet.build_generator(rc)
+            self.critic = tf_resnet.build_critic(rc)
+            self.gen_ema = tf_resnet.build_generator(rc)
+            _seeded_init(self.gen, cfg.seed)
+            _seeded_init(self.critic, cfg.seed)
+            self.g_vars, self.d_vars = named_variables(self.gen), named_variables(self.critic)
+            self.ema_vars = named_variables(self.gen_ema)
+            for k, v in self.ema_vars.items():
+                v.assign(self.g_vars[k])
+            trainable = {"gen": {k: v for k, v in self.g_vars.items() if not is_stat(k)},
+                         "critic": {k: v for k, v in self.d_vars.items() if not is_stat(k)}}
+            self.opt_g = Adam(trainable["gen"], cfg.beta1, cfg.beta2)
+            self.opt_d = Adam(trainable["critic"], cfg.beta1, cfg.beta2)
+            self.mu = tf.Variable(self.penalty.init_state().mu, trainable=False)
+            # Separate streams, so the latents do not depend on how much randomness a penalty uses.
+            self.rng_z = tf.random.Generator.from_seed(_derive_seed(cfg.seed, "latents"), alg="philox")
+            self.rng_pen = tf.random.Generator.from_seed(_derive_seed(cfg.seed, "penalty"), alg="philox")
+        self._critic_keys: list[str] = []
+        self._critic_fn = tf.function(self._critic_step, autograph=False)
+        self._gen_fn = tf.function(self._generator_step, autograph=False)
+        self._sample_fn = tf.function(lambda z: self.gen_ema(z, training=False), reduce_retracing=True, autograph=False)
+
+    def _on_device(self) -> contextlib.AbstractContextManager:
+        return tf.device(self.device) if self.device else contextlib.nullcontext()
+
+    # -- graphs ------------------------------------------------------------------------------
+
+    def _critic_step(self, real: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        z = self.rng_z.normal([self.cfg.batch_size, self.cfg.z_dim])
+        fake = tf.stop_gradient(self.gen(z, training=True))
+        critic_vars = list(self.opt_d.variables.values())
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(critic_vars)
+            # One pass over both halves (the critic has no BatchNorm); VALP reuses these scores.
+            scores = self.critic(tf.concat([real, fake], axis=0), training=True)
+            f_real, f_fake = tf.split(scores, 2, axis=0)
+            wdist = tf.reduce_mean(f_real) - tf.reduce_mean(f_fake)
+            penalty, stats, _, aux = self.penalty(self.critic, real, fake, self.rng_pen, ALState(self.mu.read_value()),
+                                                  fx=scores)
+            loss = -wdist + penalty
+        grads = tape.gradient(loss, critic_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self.opt_d.apply(grads, lr)
+        # AL multiplier step with this step's constraint, after the optimiser step (SPEC).
+        self.mu.assign(self.penalty.update(ALState(self.mu.read_value()), aux).mu)
+        metrics = {"loss": loss, "wdist": wdist, **stats, "al_mu": self.mu.read_value()}
+        self._critic_keys = list(metrics)  # trace-time bookkeeping: the order of the stacked vector
+        return tf.stack([tf.cast(v, tf.float32) for v in metrics.values()])
+
+    def _generator_step(self, lr: tf.Tensor) -> tf.Tensor:
+        z = self.rng_z.normal([self.cfg.gen_batch_size, self.cfg.z_dim])
+        gen_vars = list(self.opt_g.variables.values())
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(gen_vars)
+            loss = -tf.reduce_mean(self.critic(self.gen(z, training=True), training=True))
+        grads = tape.gradient(loss, gen_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self.opt_g.apply(grads, lr)
+        d = self.cfg.ema_decay
+        for k, e in self.ema_vars.items():  # weights and BatchNorm statistics alike
+            e.assign(d * e + (1.0 - d) * self.g_vars[k])
+        return tf.reshape(loss, [1])
+
+    # -- Trainer protocol --------------------------------------------------------------------
+
+    def _lr(self, base: float, step: int) -> tf.Tensor:
+        # A tensor, not a Python float: a new float would retrace the graph every step.
+        return tf.constant(lr_at(base, step, self.cfg.steps, self.cfg.lr_decay), tf.float32)
+
+    def _run(self, fn: tf.types.experimental.PolymorphicFunction, *args: tf.Tensor) -> np.ndarray:
+        with self._on_device():
+            return fn(*args).numpy()  # the one host transfer of the step
+
+    def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
+        values = self._run(self._critic_fn, tf.convert_to_tensor(real, tf.float32), self._lr(self.cfg.lr_d, step))
+        return dict(zip(self._critic_keys, values.tolist(), strict=True))
+
+    def generator_step(self, step: int) -> dict[str, float]:
+        return {"loss": float(self._run(self._gen_fn, self._lr(self.cfg.lr_g, step))[0])}
+
+    def sample(self, z: np.ndarray) -> np.ndarray:
+        return to_uint8(self._run(self._sample_fn, tf.convert_to_tensor(z, tf.float32)))
+
+    def _state_variables(self) -> dict[str, tf.Variable]:
+        out: dict[str, tf.Variable] = {}
+        for prefix, named in (("gen", self.g_vars), ("critic", self.d_vars), ("ema", self.ema_vars)):
+            out.update({f"{prefix}/{k}": v for k, v in named.items()})
+        out.update(self.opt_g.state("opt_g"))
+        out.update(self.opt_d.state("opt_d"))
+        out["al_mu"] = self.mu
+        out["rng/latents"] = self.rng_z.state
+        out["rng/penalty"] = self.rng_pen.state
+        return out
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        # Scalars (mu, Adam's step) as 1-element vectors: checkpoint.save_checkpoint writes
+        # np.ascontiguousarray(arr), which turns a 0-d array into shape (1,).
+        return {k: np.array(v.numpy()).reshape(v.shape.as_list() or [1])
+                for k, v in self._state_variables().items()}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        variables = self._state_variables()
+        ckpt.validate_arrays(arrays, ckpt.array_spec(self.state_arrays()), context="tf trainer state")
+        for k, v in variables.items():
+            v.assign(np.reshape(arrays[k], v.shape.as_list()))
+
+
+def make_trainer(cfg: TrainConfig) -> TfWGAN:
+    return TfWGAN(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return loop.main(FRAMEWORK, make_trainer, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
