@@ -1,0 +1,277 @@
+"""JAX/flax WGAN trainer: ``python -m train.jax_wgan [--preset paper|smoke] [--penalty valp|gp|lp|none]``.
+
+Implements :class:`train.loop.Trainer` for the reference setup (SPEC "The reference training
+setup"): the WGAN-GP CIFAR-10 ResNet (``models.jax_resnet``), Adam(lr, beta1, beta2) with the
+linear lr decay of :func:`train.config.lr_at`, an EMA of the generator's weights and BatchNorm
+statistics for sampling, and the penalties of :mod:`train.jax_penalties` (default VALP with the
+augmented Lagrangian, its multiplier updated after every critic step).
+
+Everything is float32 and explicit: the whole training state (parameters, Adam slots, EMA,
+BatchNorm statistics, the AL multiplier and the PRNG key) is one pytree, :class:`TrainState`,
+threaded through two ``jax.jit``-compiled pure steps. The steps take the learning rate as an
+argument (no retracing as it decays) and donate the old state's buffers. JAX places arrays on
+its default device, so a GPU is used when present (``--device cpu|gpu[:N]`` picks one).
+
+The generator runs BatchNorm in training mode (batch statistics) whenever it produces fakes for
+training, in critic steps too, and its running statistics follow every such batch (as in torch
+or Keras with ``training=True``); only ``sample`` uses running statistics (the EMA ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from models.jax_resnet import Critic, Generator, init
+from models.spec import ResNetConfig
+from train import checkpoint as ckpt
+from train import loop
+from train.config import ConfigError, TrainConfig, lr_at
+from train.data import to_uint8
+from train.jax_penalties import Penalty, make_penalty, penalty_from_config
+from valr_core.objectives import ALState
+
+ADAM_EPS = 1e-8  # torch's and the original WGAN-GP code's default
+NO_PENALTY = make_penalty("none")
+
+
+def classic_threefry() -> Any:
+    """Context for all of the trainer's JAX calls: the non-partitionable threefry PRNG.
+
+    JAX's default (partitionable) threefry makes XLA:CPU take seconds to compile each random
+    draw of a new shape (~10 s for one small conv kernel's init on 2 cores); the classic
+    variant compiles in well under a second. Only sharded multi-device runs need the other."""
+    return jax.threefry_partitionable(False)
+
+
+Params = Any
+
+
+class TrainState(NamedTuple):
+    """The complete training state; every leaf is a float32 array except Adam's counts (int32)
+    and the PRNG key (uint32 (2,))."""
+
+    g_params: Params
+    g_stats: Params
+    c_params: Params
+    g_opt: Any
+    c_opt: Any
+    ema_params: Params
+    ema_stats: Params
+    al: ALState
+    key: jax.Array
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """The static (hashable) settings the jitted steps depend on; equal specs share compilations."""
+
+    model: ResNetConfig
+    penalty: Penalty
+    gen_batch_size: int
+    beta1: float
+    beta2: float
+    ema_decay: float
+
+    @property
+    def generator(self) -> Generator:
+        return Generator(self.model)
+
+    @property
+    def critic(self) -> Critic:
+        return Critic(self.model)
+
+    @property
+    def adam(self) -> optax.GradientTransformation:
+        # Adam without the lr: the decayed lr is applied in _adam_step as a traced argument.
+        return optax.scale_by_adam(b1=self.beta1, b2=self.beta2, eps=ADAM_EPS)
+
+
+def step_spec(cfg: TrainConfig) -> StepSpec:
+    model = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
+                         critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+    return StepSpec(model, penalty_from_config(cfg), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay)
+
+
+def init_state(spec: StepSpec, key: jax.Array) -> TrainState:
+    """Fresh models (flax default init), zero Adam slots, EMA = initial weights, mu = 0."""
+    key, k_gen, k_critic = jax.random.split(key, 3)
+    _, g_vars = init(spec.generator, k_gen)
+    _, c_vars = init(spec.critic, k_critic)
+    g_params, g_stats, c_params = g_vars["params"], g_vars["batch_stats"], c_vars["params"]
+    copy = jax.tree.map(jnp.array, (g_params, g_stats))  # EMA starts equal but in its own buffers
+    return TrainState(g_params, g_stats, c_params, spec.adam.init(g_params), spec.adam.init(c_params),
+                      copy[0], copy[1], spec.penalty.init_state(), key)
+
+
+# ----------------------------------------------------------------------------- pure steps
+
+
+def _adam_step(spec: StepSpec, grads: Params, opt_state: Any, params: Params, lr: jax.Array) -> tuple[Params, Any]:
+    updates, opt_state = spec.adam.update(grads, opt_state, params)
+    return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
+
+
+def _ema(ema: Params, new: Params, decay: float) -> Params:
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
+
+
+def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tuple[jax.Array, Params]:
+    """Training-mode generator pass: batch statistics, and the updated running statistics."""
+    fake, updates = spec.generator.apply({"params": params, "batch_stats": stats}, z, train=True,
+                                         mutable=["batch_stats"])
+    return fake, updates["batch_stats"]
+
+
+def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One critic update on ``real`` against a fresh fake batch of the same size, then the AL step."""
+    n = real.shape[0]
+    key, k_z = jax.random.split(state.key)
+    z = jax.random.normal(k_z, (n, spec.model.latent_dim), jnp.float32)
+    fake, g_stats = _generate(spec, state.g_params, state.g_stats, z)
+    fake = jax.lax.stop_gradient(fake)
+
+    def loss_fn(params: Params) -> tuple[jax.Array, tuple[Any, ...]]:
+        def critic(x: jax.Array) -> jax.Array:
+            return spec.critic.apply({"params": params}, x)
+
+        # One pass over real and fake together; VALP reuses these scores (no BatchNorm in the critic).
+        scores = critic(jnp.concatenate([real, fake], axis=0))
+        f_real, f_fake = jnp.mean(scores[:n]), jnp.mean(scores[n:])
+        pen, stats, next_key, aux = spec.penalty(critic, real, fake, key, state.al, scores=scores)
+        return f_fake - f_real + pen, (f_real, f_fake, stats, next_key, aux)
+
+    (loss, (f_real, f_fake, stats, next_key, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.c_params)
+    c_params, c_opt = _adam_step(spec, grads, state.c_opt, state.c_params, lr)
+    al = spec.penalty.update(state.al, aux)
+    metrics = {"loss": loss, "wdist": f_real - f_fake, "f_real": f_real, "f_fake": f_fake, **stats}
+    if "al_mu" in stats:
+        metrics["al_mu"] = al.mu  # after this step's update: the value the checkpoint holds
+    new = state._replace(c_params=c_params, c_opt=c_opt, g_stats=g_stats, al=al, key=next_key)
+    return new, metrics
+
+
+def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One generator update on -mean f(G(z)), then the EMA of weights and BatchNorm statistics."""
+    key, k_z = jax.random.split(state.key)
+    z = jax.random.normal(k_z, (spec.gen_batch_size, spec.model.latent_dim), jnp.float32)
+
+    def loss_fn(params: Params) -> tuple[jax.Array, Params]:
+        fake, g_stats = _generate(spec, params, state.g_stats, z)
+        return -jnp.mean(spec.critic.apply({"params": state.c_params}, fake)), g_stats
+
+    (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
+    g_params, g_opt = _adam_step(spec, grads, state.g_opt, state.g_params, lr)
+    new = state._replace(
+        g_params=g_params, g_stats=g_stats, g_opt=g_opt, key=key,
+        ema_params=_ema(state.ema_params, g_params, spec.ema_decay),
+        ema_stats=_ema(state.ema_stats, g_stats, spec.ema_decay))
+    return new, {"loss": loss}
+
+
+def sample_images(spec: StepSpec, ema_params: Params, ema_stats: Params, z: jax.Array) -> jax.Array:
+    """EMA generator in inference mode (running statistics): images in [-1, 1]."""
+    return spec.generator.apply({"params": ema_params, "batch_stats": ema_stats}, z, train=False)
+
+
+# Static spec, donated state: the old state's buffers are reused for the new one.
+_critic_step = jax.jit(critic_step, static_argnums=0, donate_argnums=1)
+_generator_step = jax.jit(generator_step, static_argnums=0, donate_argnums=1)
+_sample_images = jax.jit(sample_images, static_argnums=0)
+_init_state = jax.jit(init_state, static_argnums=0)  # one program compiles faster than op by op
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+def resolve_device(name: str) -> jax.Device | None:
+    """``--device``: auto -> JAX's default (a GPU when present); cpu, cuda/gpu[:N], tpu[:N]."""
+    if name == "auto":
+        return None
+    platform, _, index = name.partition(":")
+    platform = "gpu" if platform == "cuda" else platform
+    try:
+        devices = jax.devices(platform)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {name}: JAX has no {platform} backend here ({e})") from e
+    i = int(index or 0)
+    if i >= len(devices):
+        raise ConfigError(f"--device {name}: only {len(devices)} {platform} device(s) visible")
+    return devices[i]
+
+
+def _leaf_name(path: Sequence[Any]) -> str:
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
+class JaxWGAN:
+    """The JAX trainer; NumPy in and out, as :class:`train.loop.Trainer` requires."""
+
+    framework = "jax"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.spec = step_spec(cfg)
+        # The generator step does not involve the penalty: one compilation serves them all.
+        self._gen_spec = dataclasses.replace(self.spec, penalty=NO_PENALTY)
+        self.device = resolve_device(cfg.device)
+        with classic_threefry():
+            self.state = self._put(_init_state(self.spec, jax.random.PRNGKey(cfg.seed)))
+        paths, self._treedef = jax.tree_util.tree_flatten_with_path(self.state)
+        self._names = [_leaf_name(p) for p, _ in paths]
+        self._shapes = [tuple(leaf.shape) for _, leaf in paths]
+
+    def _put(self, tree: Any) -> Any:
+        return jax.device_put(tree, self.device) if self.device is not None else tree
+
+    def _lr(self, base: float, step: int) -> jax.Array:
+        return self._put(jnp.asarray(lr_at(base, step, self.cfg.steps, self.cfg.lr_decay), jnp.float32))
+
+    @staticmethod
+    def _floats(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+        return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+    # -- Trainer protocol --------------------------------------------------------------------
+
+    def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
+        x = self._put(jnp.asarray(real, jnp.float32))
+        with classic_threefry():
+            self.state, metrics = _critic_step(self.spec, self.state, x, self._lr(self.cfg.lr_d, step))
+        return self._floats(metrics)
+
+    def generator_step(self, step: int) -> dict[str, float]:
+        with classic_threefry():
+            self.state, metrics = _generator_step(self._gen_spec, self.state, self._lr(self.cfg.lr_g, step))
+        return self._floats(metrics)
+
+    def sample(self, z: np.ndarray) -> np.ndarray:
+        zz = self._put(jnp.asarray(z, jnp.float32))
+        return to_uint8(np.asarray(_sample_images(self.spec, self.state.ema_params, self.state.ema_stats, zz)))
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        # Copies (the device buffers are donated to the next step); scalars as shape (1,)
+        # because train.checkpoint's np.ascontiguousarray turns 0-d arrays into (1,) anyway.
+        leaves = jax.device_get(jax.tree_util.tree_leaves(self.state))
+        return {name: np.atleast_1d(np.array(leaf, copy=True)) for name, leaf in zip(self._names, leaves, strict=True)}
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
+        ckpt.validate_arrays(arrays, ckpt.array_spec(self.state_arrays()), context="jax trainer state")
+        leaves = [jnp.asarray(np.asarray(arrays[name]).reshape(shape))
+                  for name, shape in zip(self._names, self._shapes, strict=True)]
+        self.state = self._put(jax.tree_util.tree_unflatten(self._treedef, leaves))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return loop.main("jax", JaxWGAN, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
