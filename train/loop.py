@@ -56,6 +56,14 @@ class Trainer(Protocol):
       multiplier and the trainer's RNG state (see :func:`train.checkpoint.json_to_array`).
     * ``load_state_arrays(arrays)``: inverse of ``state_arrays``; validate with
       :func:`train.checkpoint.validate_arrays` so mismatches name the key.
+
+    Optional, for data-parallel trainers (absent = a single process):
+
+    * ``is_chief: bool``: only the chief writes config, logs, samples, evaluations and
+      checkpoints. Every replica still calls ``state_arrays`` at each checkpoint (it may be a
+      collective operation) and ``load_state_arrays`` on resume (all replicas must see ``--out``).
+    * ``sync_stop(requested: bool) -> bool``: called once per iteration on every replica; returns
+      True when any replica received SIGINT/SIGTERM, so all of them stop at the same iteration.
     """
 
     framework: str
@@ -232,6 +240,7 @@ class TrainingLoop:
         self._evaluator: Evaluator | None = None
         self._eval_disabled = False
         self._postfix: dict[str, float] = {}
+        self.is_chief = bool(getattr(trainer, "is_chief", True))
 
     # -- resume ------------------------------------------------------------------------------
 
@@ -287,7 +296,7 @@ class TrainingLoop:
     # -- outputs -----------------------------------------------------------------------------
 
     def _save_checkpoint(self) -> Path:
-        state = self.trainer.state_arrays()
+        state = self.trainer.state_arrays()  # on every replica: it may be a collective operation
         arrays: dict[str, np.ndarray] = {}
         for k, v in state.items():
             a = np.asarray(v)
@@ -297,6 +306,10 @@ class TrainingLoop:
                     f"The last good checkpoint is {self.last_ckpt or 'none'}."
                 )
             arrays[TRAINER_PREFIX + k] = a
+        if not self.is_chief:  # the chief writes the one checkpoint of this step
+            path = self.ckpt_dir / ckpt.checkpoint_name(self.step)
+            self.last_ckpt, self.last_ckpt_step = path, self.step
+            return path
         data_arrays, data_meta = self.batches.export_state()
         arrays.update({DATA_PREFIX + k: v for k, v in data_arrays.items()})
         meta = {
@@ -312,6 +325,9 @@ class TrainingLoop:
         return path
 
     def _log_row(self, extra: Mapping[str, float], seconds_per_it: float | None) -> None:
+        if not self.is_chief:
+            self.accum.reset()
+            return
         row: dict[str, Any] = dict(self.accum.means())
         row["lr/g"] = lr_at(self.cfg.lr_g, self.step - 1, self.cfg.steps, self.cfg.lr_decay)
         row["lr/d"] = lr_at(self.cfg.lr_d, self.step - 1, self.cfg.steps, self.cfg.lr_decay)
@@ -326,6 +342,8 @@ class TrainingLoop:
         self.accum.reset()
 
     def _save_samples(self) -> None:
+        if not self.is_chief:
+            return
         n = self.cfg.n_sample_grid
         images = _check_images(self.trainer.sample(self.fixed_z), n, self.cfg)
         grid = save_image_grid(self.out / "samples" / f"step_{self.step:07d}.png", images,
@@ -357,6 +375,8 @@ class TrainingLoop:
         return self._evaluator
 
     def _evaluate(self, n: int) -> dict[str, float]:
+        if not self.is_chief:
+            return {}
         evaluator = self._evaluator_or_none()
         if evaluator is None:
             return {}
@@ -380,14 +400,16 @@ class TrainingLoop:
             if self.step >= cfg.steps:
                 log.info("the run in %s is already complete (%d/%d iterations)", self.out, self.step, cfg.steps)
                 return RunResult("completed", self.step, self.last_ckpt)
-        self.out.mkdir(parents=True, exist_ok=True)
-        with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
-            json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+        if self.is_chief:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
+                json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
         self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, purpose=1)
         resumed = found is not None
-        self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None)
+        self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None) \
+            if self.is_chief else None
         self.tb = TensorBoardWriter(self.out / "tb", purge_step=self.step + 1 if resumed else None) \
-            if cfg.tensorboard else None
+            if cfg.tensorboard and self.is_chief else None
         stop = _StopRequest()
         from tqdm import tqdm
 
@@ -412,11 +434,16 @@ class TrainingLoop:
                         self._save_samples()
                     if _every(self.step, cfg.checkpoint_every):
                         self._save_checkpoint()
-                    if stop.signum is not None:
+                    stop_now = stop.signum is not None
+                    sync_stop = getattr(self.trainer, "sync_stop", None)
+                    if sync_stop is not None:
+                        stop_now = bool(sync_stop(stop_now))
+                    if stop_now:
+                        signum = stop.signum if stop.signum is not None else int(signal.SIGTERM)
                         path = self._save_checkpoint() if self.last_ckpt_step != self.step else self.last_ckpt
                         log.warning("stopped by %s at iteration %d; checkpoint %s; continue with --resume",
-                                    signal.Signals(stop.signum).name, self.step, path)
-                        return RunResult("interrupted", self.step, path, signal=stop.signum)
+                                    signal.Signals(signum).name, self.step, path)
+                        return RunResult("interrupted", self.step, path, signal=signum)
                 # Final step: checkpoint first (the state is what matters), then samples, the
                 # final evaluation and one log row holding both the last interval and the metrics.
                 seconds_per_it = (time.perf_counter() - t0) / max(1, self.step - t0_step)
@@ -426,11 +453,13 @@ class TrainingLoop:
                 eval_metrics = self._evaluate(n_eval) if n_eval else {}
                 self._log_row(eval_metrics, seconds_per_it)
                 log.info("done: %d iterations; checkpoint %s; samples in %s; logs in %s",
-                         self.step, self.last_ckpt, self.out / "samples", self.metrics.jsonl_path)
+                         self.step, self.last_ckpt, self.out / "samples",
+                         self.metrics.jsonl_path if self.metrics is not None else "-")
                 return RunResult("completed", self.step, self.last_ckpt, eval_metrics=eval_metrics)
         finally:
             bar.close()
-            self.metrics.close()
+            if self.metrics is not None:
+                self.metrics.close()
             if self.tb is not None:
                 self.tb.close()
 

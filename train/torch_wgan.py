@@ -10,6 +10,8 @@ running statistics, which ``sample`` uses in eval mode.
 Randomness: two explicit ``torch.Generator`` streams (latents; penalty draws), so switching the
 penalty never changes the latents; model init uses a forked, seeded global RNG, leaving the
 caller's global state untouched. On CPU, a resumed run matches an uninterrupted one bit for bit.
+
+Data-parallel (DistributedDataParallel under ``torchrun``): see :mod:`train.torch_distributed`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import inspect
 import logging
 import sys
 from collections.abc import Mapping
@@ -31,12 +34,24 @@ from train import checkpoint as ckpt
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
 from train.loop import main
+from train.torch_distributed import (
+    DistContext,
+    all_reduce_stats,
+    any_replica,
+    convert_batchnorm,
+    derived_rng_seed,
+    gather_rng_states,
+    init_from_env,
+    max_owner_scale,
+    penalty_seed,
+    shard_rows,
+)
 from train.torch_penalties import Penalty, penalty_from_config
 
 log = logging.getLogger("valr.train")
 
 FRAMEWORK = "torch"
-_Z_SEED, _PENALTY_SEED = 1, 2  # offsets from cfg.seed for the two generator streams
+_Z_SEED = 1  # offset from cfg.seed * 1000 of the latent stream (penalty: torch_distributed.penalty_seed)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -87,83 +102,172 @@ def _metrics(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 class TorchWGAN:
-    """The torch :class:`train.loop.Trainer` (NumPy NHWC in, scalars/uint8 NHWC out)."""
+    """The torch :class:`train.loop.Trainer` (NumPy NHWC in, scalars/uint8 NHWC out).
+
+    ``dist``: this replica's :class:`train.torch_distributed.DistContext` for data-parallel
+    training (DDP); None or a world of 1 is the single-process trainer."""
 
     framework = FRAMEWORK
 
-    def __init__(self, cfg: TrainConfig, *, device: str | torch.device | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, device: str | torch.device | None = None,
+                 dist: DistContext | None = None) -> None:
         self.cfg = cfg
-        self.device = torch.device(device) if device is not None else resolve_device(cfg.device)
+        self.dist = dist if dist is not None and dist.world_size > 1 else None
+        self.rank = self.dist.rank if self.dist else 0
+        self.world_size = self.dist.world_size if self.dist else 1
+        self.is_chief = self.rank == 0  # only the chief writes logs, samples and checkpoints
+        if device is not None:
+            self.device = torch.device(device)
+        else:
+            self.device = dist.device if dist is not None else resolve_device(cfg.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         self.gen, self.critic = _build_models(cfg, self.device)
         self.ema = copy.deepcopy(self.gen).eval().requires_grad_(False)
+        self._dtype = next(self.critic.parameters()).dtype
         self.opt_g = _adam(self.gen, cfg.lr_g, cfg, self.device)
         self.opt_d = _adam(self.critic, cfg.lr_d, cfg, self.device)
         self.penalty: Penalty = penalty_from_config(cfg)
         self.rng_z = _seeded_generator(cfg.seed * 1000 + _Z_SEED, self.device)
-        self.rng_penalty = _seeded_generator(cfg.seed * 1000 + _PENALTY_SEED, self.device)
+        self.rng_penalty = _seeded_generator(penalty_seed(cfg.seed, self.rank), self.device)
         # The multiplier lives on the device as a 0-dim tensor; 0 for penalties without AL.
         mu_like = torch.zeros((1,), device=self.device)
         self.al_state = self.penalty.init_state(mu_like)
-        self._gen_forward, self._critic_forward = self.gen, self.critic
+        # *_train: the modules whose backward syncs gradients (DDP-wrapped when distributed);
+        # *_plain: the same parameters without DDP, for the penalty's extra passes and for
+        # passes without parameter gradients. One object in a single process.
+        self._gen_train = self._gen_plain = self.gen
+        self._critic_train = self._critic_plain = self.critic
+        if self.dist is not None:
+            self._wrap_ddp()
         if cfg.extra.get("compile"):
             self._compile()
-        log.info("torch trainer on %s, penalty %s", self.device, cfg.penalty)
+        log.info("torch trainer on %s, penalty %s%s", self.device, cfg.penalty,
+                 f", replica {self.rank} of {self.world_size} ({self.dist.backend})" if self.dist else "")
+
+    def _wrap_ddp(self) -> None:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        cfg, ctx = self.cfg, self.dist
+        assert ctx is not None
+        self._real_rows = shard_rows(cfg.batch_size, ctx, "--batch-size")
+        self._gen_rows = shard_rows(cfg.gen_batch_size, ctx, "--gen-batch-size")
+        convert_batchnorm(self.gen)  # global-batch statistics: same parameters and buffers
+        kw: dict[str, object] = {"device_ids": [self.device.index] if self.device.type == "cuda" else None}
+        # No buffer broadcast before each forward: the critic has no buffers and the generator's
+        # BN statistics are global, hence identical on every replica, already.
+        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+            kw["forward_sync_buffers"] = False  # torch >= 2.13 (broadcast_buffers is deprecated)
+        else:
+            kw["broadcast_buffers"] = False
+        self._critic_train = DDP(self.critic, **kw)
+        self._gen_train = DDP(self.gen, **kw)
 
     def _compile(self) -> None:
         if self.cfg.penalty in ("gp", "lp"):
             # AOTAutograd has no double backward, which GP/LP need through the critic.
             raise ConfigError("--compile supports --penalty valp or none (GP/LP need double backward)")
-        self._gen_forward = torch.compile(self.gen)
-        self._critic_forward = torch.compile(self.critic)
+        if self.dist is None:
+            self._gen_train = self._gen_plain = torch.compile(self.gen)
+            self._critic_train = self._critic_plain = torch.compile(self.critic)
+        else:
+            self._gen_train, self._gen_plain = torch.compile(self._gen_train), torch.compile(self.gen)
+            self._critic_train, self._critic_plain = torch.compile(self._critic_train), torch.compile(self.critic)
+
+    def sync_stop(self, requested: bool) -> bool:
+        """The loop's stop agreement: True on every replica when any replica got a signal."""
+        return any_replica(requested, self.device) if self.dist is not None else requested
 
     # -- steps -----------------------------------------------------------------------------
 
     def _to_nchw(self, images: np.ndarray) -> torch.Tensor:
         """NHWC NumPy -> NCHW tensor in channels_last layout (a view of the NHWC data)."""
         t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        return t.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        # The models' dtype (float32; float64 when built under torch.set_default_dtype, in tests).
+        return t.to(self.device, dtype=self._dtype, non_blocking=True).permute(0, 3, 1, 2)
 
     def _latents(self, n: int) -> torch.Tensor:
-        return torch.randn((n, self.cfg.z_dim), generator=self.rng_z, device=self.device)
+        return torch.randn((n, self.cfg.z_dim), generator=self.rng_z, device=self.device, dtype=self._dtype)
 
     def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
         cfg = self.cfg
         _set_lr(self.opt_d, lr_at(cfg.lr_d, step, cfg.steps, cfg.lr_decay))
+        # Distributed: every replica sees the global batch and draws the global latents (same
+        # stream everywhere) and keeps its shard, so the global batch is the single-process one.
+        z = self._latents(len(real))
+        if self.dist is not None:
+            real, z = real[self._real_rows], z[self._real_rows]
         real_t = self._to_nchw(real)
         n = real_t.shape[0]
         with torch.no_grad():
-            fake = self._gen_forward(self._latents(n))  # train-mode BN, as in the reference code
+            fake = self._gen_plain(z)  # train-mode BN, as in the reference code
         # One pass on both halves (the critic has no normalisation); VALP reuses the outputs.
-        fx = self._critic_forward(torch.cat([real_t, fake]))
+        # Under DDP this is the one forward through the wrapper; the penalty's extra passes use
+        # the inner module and backward runs once, so each gradient is all-reduced once.
+        fx = self._critic_train(torch.cat([real_t, fake]))
         f = fx.reshape(-1)
         wdist = f[:n].mean() - f[n:].mean()
-        pen, stats, self.rng_penalty, aux = self.penalty(self._critic_forward, real_t, fake,
+        pen, stats, self.rng_penalty, aux = self.penalty(self._critic_plain, real_t, fake,
                                                           self.rng_penalty, self.al_state, fx=fx)
+        if self.dist is not None:
+            pen = pen * self._penalty_scale(pen)
         loss = -wdist + pen
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        out = {"loss": loss, "wdist": wdist, **stats}
+        if self.dist is not None:
+            out, aux = self._reduce_critic_stats(out, aux)
         self.opt_d.step()
         self.al_state = self.penalty.update(self.al_state, aux)
-        out = {"loss": loss, "wdist": wdist, **stats}
         if self.al_state is not None:
             out["al_mu"] = torch.as_tensor(self.al_state.mu)  # after this step's update
         return _metrics(out)
 
+    def _penalty_scale(self, pen: torch.Tensor) -> torch.Tensor | float:
+        """Makes DDP's gradient average that of the penalty's reduction over the global batch."""
+        how = self.cfg.penalty_reduce
+        if how == "sum":
+            return float(self.world_size)
+        if how == "max":
+            assert self.dist is not None
+            return max_owner_scale(pen, self.dist)
+        return 1.0
+
+    def _reduce_critic_stats(self, out: dict[str, torch.Tensor],
+                             aux: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        """Replica averages (maxima for *_max; the reduction's own rule for ``penalty`` and the
+        AL constraint), with ``loss`` recomputed from the global parts. Two collectives."""
+        how = self.cfg.penalty_reduce
+        values = {k: v for k, v in out.items() if k != "loss"}
+        if aux is not None:
+            values["_constraint"] = aux
+        max_keys = {"violation_max", "quotient_max"} | ({"penalty", "_constraint"} if how == "max" else set())
+        sum_keys = {"penalty", "_constraint"} if how == "sum" else set()
+        red = all_reduce_stats(values, self.world_size, sum_keys=frozenset(sum_keys), max_keys=frozenset(max_keys))
+        if aux is not None:
+            aux = red.pop("_constraint").to(aux.dtype)
+        red["loss"] = -red["wdist"] + red["penalty"]
+        return {k: red[k] for k in out}, aux
+
     def generator_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
         _set_lr(self.opt_g, lr_at(cfg.lr_g, step, cfg.steps, cfg.lr_decay))
+        z = self._latents(cfg.gen_batch_size)
+        if self.dist is not None:
+            z = z[self._gen_rows]
         self.critic.requires_grad_(False)  # no critic weight gradients in the generator pass
         try:
-            loss = -self._critic_forward(self._gen_forward(self._latents(cfg.gen_batch_size))).mean()
+            loss = -self._critic_plain(self._gen_train(z)).mean()
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:
             self.critic.requires_grad_(True)
         self.opt_g.step()
         self._update_ema()
-        return _metrics({"loss": loss})
+        out = {"loss": loss}
+        if self.dist is not None:
+            out = all_reduce_stats(out, self.world_size)
+        return _metrics(out)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -208,6 +312,13 @@ class TorchWGAN:
         opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
 
     def state_arrays(self) -> dict[str, np.ndarray]:
+        """The checkpointed state; distributed, a collective (gathers the replicas' penalty streams)."""
+        out = self._local_state_arrays()
+        if self.dist is not None:
+            out[_REPLICA_RNG_KEY] = gather_rng_states(self.rng_penalty)
+        return out
+
+    def _local_state_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for prefix, module in (("gen", self.gen), ("critic", self.critic), ("ema", self.ema)):
             out.update({f"{prefix}/{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()})
@@ -222,7 +333,9 @@ class TorchWGAN:
         return {k: np.atleast_1d(v) for k, v in out.items()}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        expected = ckpt.array_spec(self.state_arrays())
+        arrays = dict(arrays)
+        replica_rngs = arrays.pop(_REPLICA_RNG_KEY, None)  # written by distributed runs only
+        expected = ckpt.array_spec(self._local_state_arrays())
         for key in _RNG_KEYS:  # their size depends on the device type; checked in _load_rng
             expected[key] = ((np.shape(arrays[key]) if key in arrays else expected[key][0]), expected[key][1])
         ckpt.validate_arrays(arrays, expected, context="torch trainer state")
@@ -237,10 +350,22 @@ class TorchWGAN:
             self.al_state = type(self.al_state)(
                 torch.tensor(float(arrays["penalty/mu"][0]), dtype=torch.float32, device=self.device))
         _load_rng(self.rng_z, arrays["rng/z"], "rng/z")
-        _load_rng(self.rng_penalty, arrays["rng/penalty"], "rng/penalty")
+        self._load_penalty_rng(arrays["rng/penalty"], replica_rngs)
+
+    def _load_penalty_rng(self, rank0: np.ndarray, replicas: np.ndarray | None) -> None:
+        if self.rank == 0:
+            _load_rng(self.rng_penalty, rank0, "rng/penalty")
+        elif replicas is not None and replicas.ndim == 2 and replicas.shape[0] == self.world_size:
+            _load_rng(self.rng_penalty, replicas[self.rank], f"{_REPLICA_RNG_KEY}[{self.rank}]")
+        else:
+            self.rng_penalty.manual_seed(derived_rng_seed(rank0, self.rank))
+            log.warning("replica %d: the checkpoint holds no penalty stream for %d replicas; derived one "
+                        "from replica 0's (training continues, but not bit-identically)",
+                        self.rank, self.world_size)
 
 
 _RNG_KEYS = ("rng/z", "rng/penalty")
+_REPLICA_RNG_KEY = "rng/penalty_replicas"  # (world_size, state bytes): every replica's penalty stream
 
 
 def _load_rng(gen: torch.Generator, saved: np.ndarray, key: str) -> None:
@@ -257,13 +382,18 @@ def _load_rng(gen: torch.Generator, saved: np.ndarray, key: str) -> None:
 
 
 def make_trainer(cfg: TrainConfig) -> TorchWGAN:
-    """The CLI's factory; applies ``--threads`` (process-wide, so only here, not in TorchWGAN)."""
+    """The CLI's factory; applies ``--threads`` (process-wide, so only here, not in TorchWGAN)
+    and joins the process group when launched by ``torchrun`` with more than one process."""
     threads = cfg.extra.get("threads")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    return TorchWGAN(cfg)
+    ctx = init_from_env(cfg.device, cfg.extra.get("dist_backend") or "auto")
+    if ctx is not None and ctx.world_size > 1 and not ctx.is_chief:
+        cfg.progress = False  # one progress bar and one set of info lines: the chief's
+        log.setLevel(logging.WARNING)
+    return TorchWGAN(cfg, dist=ctx)
 
 
 def build_torch_parser() -> argparse.ArgumentParser:
@@ -274,6 +404,8 @@ def build_torch_parser() -> argparse.ArgumentParser:
                    help="torch.compile the generator and critic (valp/none penalties)")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: torch's choice); 1 is fastest on a busy machine")
+    g.add_argument("--dist-backend", choices=("auto", "nccl", "gloo"), default=None,
+                   help="under torchrun: process-group backend (auto: nccl on CUDA, gloo on CPU)")
     return parser
 
 
