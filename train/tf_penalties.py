@@ -27,7 +27,9 @@ Signature of a penalty call::
   max(0, ||grad_i|| - 1)), ``grad_norm_mean``/``grad_norm_max`` (GP/LP), ``quotient_mean``/
   ``quotient_max`` (VALP), ``al_mu`` (VALP-AL: the multiplier used in this loss).
 * ``rng`` is the random state afterwards (tf.random.Generator is stateful: the same object).
-  Randomness only ever comes from it, never from TF's global generator.
+  Randomness only ever comes from it, never from TF's global generator. Data-parallel training
+  passes a :class:`train.tf_distributed.ReplicaStream` instead (stateless per-replica draws with
+  the generator's ``uniform``/``normal`` methods); it is returned as it came.
 * ``aux`` is what :meth:`Penalty.update` consumes: VALP-AL's gradient-free constraint R(L), else None.
 * ``fx`` optionally passes ``critic(concat([real, fake]))`` already computed, so VALP saves a
   forward pass (GP/LP evaluate at interpolates and ignore it).
@@ -95,7 +97,7 @@ def import_tensorflow_quietly() -> None:
 import_tensorflow_quietly()
 import tensorflow as tf  # noqa: E402
 
-from valr_core import VALP, ALState  # noqa: E402
+from valr_core import VALP, ALState, get_backend, sample_draws  # noqa: E402
 
 Critic = Callable[[tf.Tensor], tf.Tensor]
 PenaltyResult = tuple[tf.Tensor, dict[str, tf.Tensor], tf.random.Generator, "tf.Tensor | None"]
@@ -134,8 +136,8 @@ def input_gradient_norms(critic: Critic, x: tf.Tensor) -> tf.Tensor:
 
 def interpolate(real: tf.Tensor, fake: tf.Tensor, rng: tf.random.Generator) -> tf.Tensor:
     """a * real + (1 - a) * fake with a ~ U[0, 1) per sample, drawn from ``rng``."""
-    shape = tf.concat([tf.shape(real)[:1], tf.ones([real.shape.rank - 1], tf.int32)], axis=0)
-    alpha = rng.uniform(shape, dtype=real.dtype)
+    n = real.shape[0] if real.shape[0] is not None else tf.shape(real)[0]  # static when known
+    alpha = rng.uniform([n] + [1] * (real.shape.rank - 1), dtype=real.dtype)
     return alpha * tf.stop_gradient(real) + (1.0 - alpha) * tf.stop_gradient(fake)
 
 
@@ -215,14 +217,20 @@ class ValpPenalty(Penalty):
         _check_pair(real, fake)
         x = tf.stop_gradient(tf.concat([real, fake], axis=0))
         mu = tf.cast(state.mu, x.dtype)
-        loss, aux = self.valp.loss(critic, x, rng, ALState(mu) if self.uses_al else None, fx=fx)
+        draws = None
+        if not isinstance(rng, tf.random.Generator):
+            # A stateless per-replica stream (train.tf_distributed.ReplicaStream): the same draws
+            # valr_core would make, taken through the generator-like methods the TF adapter calls.
+            draws, rng = sample_draws(get_backend("tf"), self.valp, x, rng)
+        loss, aux = self.valp.loss(critic, x, None if draws is not None else rng,
+                                   ALState(mu) if self.uses_al else None, draws=draws, fx=fx)
         s = aux.stats
         stats = {"penalty": s["valp/penalty"], "violation_mean": s["valp/mean_violation"],
                  "violation_max": s["valp/max_violation"], "violation_frac": s["valp/violating_fraction"],
                  "quotient_mean": s["valp/mean_quotient"], "quotient_max": s["valp/max_quotient"]}
         if self.uses_al:
             stats["al_mu"] = tf.stop_gradient(mu)
-        return loss, stats, aux.rng, aux.constraint if self.uses_al else None
+        return loss, stats, rng if draws is not None else aux.rng, aux.constraint if self.uses_al else None
 
 
 def make_penalty(

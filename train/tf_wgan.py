@@ -10,6 +10,18 @@ everything stays on TF's default device (the GPU when present) and the only host
 step is the vector of returned metrics. All randomness comes from two explicit
 ``tf.random.Generator`` streams (latents, penalty) whose states are checkpointed with everything
 else, so a resumed run continues the uninterrupted one exactly.
+
+Data-parallel (``--distribute mirrored|multi_worker``, see ``train.tf_distributed`` and README):
+with a ``tf.distribute`` strategy every variable, optimiser slot and the AL multiplier is created
+under ``strategy.scope()`` and each step is ``strategy.run`` over the replicas. The global batch
+stays ``batch_size`` (replica r takes rows [r*b, (r+1)*b)); the latents of the global batch are
+drawn once from the latent stream and split the same way, and the generator's BatchNorm is
+synchronised, so the models see what one process would. Each replica takes its share of the
+global losses (means by the global batch), per-replica gradients are summed, the AL constraint
+and the logged statistics are reduced across replicas (MEAN for the default ``mean`` reduction),
+and every replica draws its own penalty randomness (``fold_in(step seed, replica id)``). One
+distributed step equals the single-process step on the same global batch when the penalty draws
+agree (tests/test_distributed_tf.py). Only the chief writes (``is_chief``).
 """
 
 from __future__ import annotations
@@ -32,8 +44,8 @@ import tensorflow as tf  # noqa: E402
 from models import tf_resnet  # noqa: E402
 from models.spec import ResNetConfig, is_stat, param_table  # noqa: E402
 from train import checkpoint as ckpt  # noqa: E402
-from train import loop, tf_penalties  # noqa: E402
-from train.config import ConfigError, TrainConfig, lr_at  # noqa: E402
+from train import loop, tf_distributed, tf_penalties  # noqa: E402
+from train.config import ConfigError, TrainConfig, build_parser, lr_at  # noqa: E402
 from train.data import to_uint8  # noqa: E402
 from valr_core import ALState  # noqa: E402
 
@@ -111,10 +123,15 @@ class TfWGAN:
 
     framework = FRAMEWORK
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, strategy: tf.distribute.Strategy | None = None) -> None:
         self.cfg = cfg
-        self.device = _device_name(cfg.device)
+        self.strategy = strategy
+        self.device = None if strategy is not None else _device_name(cfg.device)
         self.penalty = tf_penalties.penalty_from_config(cfg)
+        self.replicas = 1 if strategy is None else tf_distributed.check_divisible(
+            strategy, batch_size=cfg.batch_size, gen_batch_size=cfg.gen_batch_size)
+        # Only the chief writes checkpoints, logs and samples (train.loop reads this).
+        self.is_chief = True if strategy is None else bool(strategy.extended.should_checkpoint)
         rc = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
                           critic_channels=cfg.critic_channels, image_size=cfg.image_size)
         with self._on_device():
@@ -132,15 +149,29 @@ class TfWGAN:
             self.opt_g = Adam(trainable["gen"], cfg.beta1, cfg.beta2)
             self.opt_d = Adam(trainable["critic"], cfg.beta1, cfg.beta2)
             self.mu = tf.Variable(self.penalty.init_state().mu, trainable=False)
-            # Separate streams, so the latents do not depend on how much randomness a penalty uses.
+        if strategy is not None:
+            # Batch statistics of the global batch: what one process computes.
+            for layer in self.gen._flatten_layers(include_self=False):
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.synchronized = True
+        # Separate streams, so the latents do not depend on how much randomness a penalty uses.
+        # Plain (not mirrored) variables: with a strategy they are only used in cross-replica
+        # context, identically on every worker.
+        with self._on_device(scoped=False):
             self.rng_z = tf.random.Generator.from_seed(_derive_seed(cfg.seed, "latents"), alg="philox")
             self.rng_pen = tf.random.Generator.from_seed(_derive_seed(cfg.seed, "penalty"), alg="philox")
         self._critic_keys: list[str] = []
-        self._critic_fn = tf.function(self._critic_step, autograph=False)
-        self._gen_fn = tf.function(self._generator_step, autograph=False)
+        if strategy is None:
+            self._critic_fn = tf.function(self._critic_step, autograph=False)
+            self._gen_fn = tf.function(self._generator_step, autograph=False)
+        else:
+            self._critic_fn = tf.function(self._distributed_critic_step, autograph=False)
+            self._gen_fn = tf.function(self._distributed_generator_step, autograph=False)
         self._sample_fn = tf.function(lambda z: self.gen_ema(z, training=False), reduce_retracing=True, autograph=False)
 
-    def _on_device(self) -> contextlib.AbstractContextManager:
+    def _on_device(self, scoped: bool = True) -> contextlib.AbstractContextManager:
+        if self.strategy is not None:
+            return self.strategy.scope() if scoped else contextlib.nullcontext()
         return tf.device(self.device) if self.device else contextlib.nullcontext()
 
     # -- graphs ------------------------------------------------------------------------------
@@ -179,6 +210,61 @@ class TfWGAN:
             e.assign(d * e + (1.0 - d) * self.g_vars[k])
         return tf.reshape(loss, [1])
 
+    # -- distributed graphs (strategy.run over the replicas) ----------------------------------
+
+    def _distributed_critic_step(self, real: tf.distribute.DistributedValues, lr: tf.Tensor) -> tf.Tensor:
+        # Cross-replica context: the global batch's latents (the single-process draw) and one
+        # penalty seed per step, both from the checkpointed generators.
+        z = tf_distributed.distribute_batch(self.strategy, self.rng_z.normal([self.cfg.batch_size, self.cfg.z_dim]))
+        seed = self.rng_pen.make_seeds(1)[:, 0] if self.penalty.name != "none" else tf.zeros([2], tf.int64)
+        out = self.strategy.run(self._replica_critic_step, args=(real, z, seed, lr))
+        return tf_distributed.local_result(self.strategy, out)
+
+    def _replica_critic_step(self, real: tf.Tensor, z: tf.Tensor, seed: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        how = self.penalty.reduce
+        fake = tf.stop_gradient(self.gen(z, training=True))
+        critic_vars = list(self.opt_d.variables.values())
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(critic_vars)
+            scores = self.critic(tf.concat([real, fake], axis=0), training=True)
+            f_real, f_fake = tf.split(scores, 2, axis=0)
+            wdist = tf.reduce_mean(f_real) - tf.reduce_mean(f_fake)
+            penalty, stats, _, aux = self.penalty(self.critic, real, fake, tf_distributed.replica_stream(seed),
+                                                  ALState(self.mu.read_value()), fx=scores)
+            # This replica's share of the global loss: means over the global batch.
+            share = -wdist / self.replicas + penalty * tf_distributed.penalty_weight(penalty, how, self.replicas)
+        grads = tape.gradient(share, critic_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        self.opt_d.apply(grads, lr)  # identical on every replica: each updates its own copy
+        local = {"wdist": wdist, **{k: v for k, v in stats.items() if k != "al_mu"}}
+        if aux is not None:
+            local["__constraint"] = aux
+        reduced = tf_distributed.cross_replica(local, {k: tf_distributed.STAT_REDUCE.get(k, how) for k in local})
+        self.mu.assign(self.penalty.update(ALState(self.mu.read_value()), reduced.pop("__constraint", None)).mu)
+        metrics = {"loss": reduced["penalty"] - reduced["wdist"], "wdist": reduced["wdist"],
+                   **{k: reduced[k] for k in stats if k != "al_mu"}, "al_mu": self.mu.read_value()}
+        self._critic_keys = list(metrics)
+        return tf.stack([tf.cast(v, tf.float32) for v in metrics.values()])
+
+    def _distributed_generator_step(self, lr: tf.Tensor) -> tf.Tensor:
+        z = tf_distributed.distribute_batch(self.strategy, self.rng_z.normal([self.cfg.gen_batch_size, self.cfg.z_dim]))
+        return tf_distributed.local_result(self.strategy, self.strategy.run(self._replica_generator_step, args=(z, lr)))
+
+    def _replica_generator_step(self, z: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
+        ctx = tf.distribute.get_replica_context()
+        gen_vars = list(self.opt_g.variables.values())
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(gen_vars)
+            loss = -tf.reduce_mean(self.critic(self.gen(z, training=True), training=True))
+            share = loss / self.replicas
+        grads = tape.gradient(share, gen_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        self.opt_g.apply(ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads), lr)
+        d = self.cfg.ema_decay
+        for k, e in self.ema_vars.items():
+            e.assign(d * e + (1.0 - d) * self.g_vars[k])
+        return tf.reshape(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), [1])
+
     # -- Trainer protocol --------------------------------------------------------------------
 
     def _lr(self, base: float, step: int) -> tf.Tensor:
@@ -190,11 +276,19 @@ class TfWGAN:
             return fn(*args).numpy()  # the one host transfer of the step
 
     def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
-        values = self._run(self._critic_fn, tf.convert_to_tensor(real, tf.float32), self._lr(self.cfg.lr_d, step))
+        if self.strategy is not None:
+            batch = tf_distributed.distribute_batch(self.strategy, np.asarray(real, np.float32))
+        else:
+            batch = tf.convert_to_tensor(real, tf.float32)
+        values = self._run(self._critic_fn, batch, self._lr(self.cfg.lr_d, step))
         return dict(zip(self._critic_keys, values.tolist(), strict=True))
 
     def generator_step(self, step: int) -> dict[str, float]:
         return {"loss": float(self._run(self._gen_fn, self._lr(self.cfg.lr_g, step))[0])}
+
+    def sync_stop(self, requested: bool) -> bool:
+        """True on every worker when any worker was asked to stop (train.loop calls it each iteration)."""
+        return requested if self.strategy is None else tf_distributed.any_replica(self.strategy, requested)
 
     def sample(self, z: np.ndarray) -> np.ndarray:
         return to_uint8(self._run(self._sample_fn, tf.convert_to_tensor(z, tf.float32)))
@@ -223,12 +317,29 @@ class TfWGAN:
             v.assign(np.reshape(arrays[k], v.shape.as_list()))
 
 
+def build_tf_parser():
+    """The shared command line plus the TF trainer's distribution flags (they land in cfg.extra)."""
+    parser = build_parser(FRAMEWORK)
+    g = parser.add_argument_group("distributed (TensorFlow)")
+    g.add_argument("--distribute", choices=tf_distributed.DISTRIBUTE_MODES, default=None,
+                   help="none (default), mirrored (all local GPUs; the CPU with --cpu-replicas) or "
+                        "multi_worker (MultiWorkerMirroredStrategy; cluster from TF_CONFIG)")
+    g.add_argument("--cpu-replicas", type=int, default=None,
+                   help="with --distribute mirrored: split the CPU into N logical devices, one replica each")
+    return parser
+
+
 def make_trainer(cfg: TrainConfig) -> TfWGAN:
-    return TfWGAN(cfg)
+    mode = cfg.extra.get("distribute") or "none"
+    strategy = tf_distributed.make_strategy(mode, cpu_replicas=int(cfg.extra.get("cpu_replicas") or 0),
+                                            device=cfg.device)
+    if strategy is not None:
+        loop.log.info("tf.distribute: %s", tf_distributed.describe(strategy))
+    return TfWGAN(cfg, strategy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return loop.main(FRAMEWORK, make_trainer, argv)
+    return loop.main(FRAMEWORK, make_trainer, argv, parser=build_tf_parser())
 
 
 if __name__ == "__main__":
