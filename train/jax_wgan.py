@@ -12,6 +12,9 @@ threaded through two ``jax.jit``-compiled pure steps. The steps take the learnin
 argument (no retracing as it decays) and donate the old state's buffers. JAX places arrays on
 its default device, so a GPU is used when present (``--device cpu|gpu[:N]`` picks one).
 
+Data-parallel (``--data-parallel [--multihost ...]``): the same steps, jitted with in/out
+shardings over a 1-D device mesh; see :mod:`train.jax_distributed` and README.
+
 The generator runs BatchNorm in training mode (batch statistics) whenever it produces fakes for
 training, in critic steps too, and its running statistics follow every such batch (as in torch
 or Keras with ``training=True``); only ``sample`` uses running statistics (the EMA ones).
@@ -19,7 +22,9 @@ or Keras with ``training=True``); only ``sample`` uses running statistics (the E
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,8 +38,9 @@ import optax
 from models.jax_resnet import Critic, Generator, init
 from models.spec import ResNetConfig
 from train import checkpoint as ckpt
+from train import jax_distributed as jd
 from train import loop
-from train.config import ConfigError, TrainConfig, lr_at
+from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
 from train.jax_penalties import Penalty, make_penalty, penalty_from_config
 from valr_core.objectives import ALState
@@ -48,7 +54,9 @@ def classic_threefry() -> Any:
 
     JAX's default (partitionable) threefry makes XLA:CPU take seconds to compile each random
     draw of a new shape (~10 s for one small conv kernel's init on 2 cores); the classic
-    variant compiles in well under a second. Only sharded multi-device runs need the other."""
+    variant compiles in well under a second. Data-parallel runs keep it too: its draws do not
+    depend on the sharding either, so they equal the single-device draws (each device computes
+    the bits of the whole global batch, a small cost; see :mod:`train.jax_distributed`)."""
     return jax.threefry_partitionable(False)
 
 
@@ -80,6 +88,9 @@ class StepSpec:
     beta1: float
     beta2: float
     ema_decay: float
+    # Data-parallel: the batch sharding (NamedSharding(mesh, P("data"))) the per-sample work is
+    # constrained to; None on one device (then the traced program is the single-device one).
+    batch_sharding: Any = None
 
     @property
     def generator(self) -> Generator:
@@ -124,6 +135,13 @@ def _ema(ema: Params, new: Params, decay: float) -> Params:
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
 
 
+def _shard(spec: StepSpec, x: jax.Array) -> jax.Array:
+    """Keep a batch split over the data axis, so per-sample work runs where its sample lives."""
+    if spec.batch_sharding is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, spec.batch_sharding)
+
+
 def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tuple[jax.Array, Params]:
     """Training-mode generator pass: batch statistics, and the updated running statistics."""
     fake, updates = spec.generator.apply({"params": params, "batch_stats": stats}, z, train=True,
@@ -135,13 +153,13 @@ def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Arra
     """One critic update on ``real`` against a fresh fake batch of the same size, then the AL step."""
     n = real.shape[0]
     key, k_z = jax.random.split(state.key)
-    z = jax.random.normal(k_z, (n, spec.model.latent_dim), jnp.float32)
+    z = _shard(spec, jax.random.normal(k_z, (n, spec.model.latent_dim), jnp.float32))
     fake, g_stats = _generate(spec, state.g_params, state.g_stats, z)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(params: Params) -> tuple[jax.Array, tuple[Any, ...]]:
         def critic(x: jax.Array) -> jax.Array:
-            return spec.critic.apply({"params": params}, x)
+            return spec.critic.apply({"params": params}, _shard(spec, x))
 
         # One pass over real and fake together; VALP reuses these scores (no BatchNorm in the critic).
         scores = critic(jnp.concatenate([real, fake], axis=0))
@@ -162,7 +180,7 @@ def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Arra
 def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One generator update on -mean f(G(z)), then the EMA of weights and BatchNorm statistics."""
     key, k_z = jax.random.split(state.key)
-    z = jax.random.normal(k_z, (spec.gen_batch_size, spec.model.latent_dim), jnp.float32)
+    z = _shard(spec, jax.random.normal(k_z, (spec.gen_batch_size, spec.model.latent_dim), jnp.float32))
 
     def loss_fn(params: Params) -> tuple[jax.Array, Params]:
         fake, g_stats = _generate(spec, params, state.g_stats, z)
@@ -189,6 +207,18 @@ _sample_images = jax.jit(sample_images, static_argnums=0)
 _init_state = jax.jit(init_state, static_argnums=0)  # one program compiles faster than op by op
 
 
+@functools.cache
+def sharded_steps(mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
+    """The critic and generator steps jitted for data parallelism over ``mesh``: the real batch
+    sharded over ``"data"``; state, lr and metrics replicated (one compilation cache per mesh)."""
+    rep, batch = jd.replicated(mesh), jd.batch_sharding(mesh)
+    critic = jax.jit(critic_step, static_argnums=0, donate_argnums=1,
+                     in_shardings=(rep, batch, rep), out_shardings=(rep, rep))
+    generator = jax.jit(generator_step, static_argnums=0, donate_argnums=1,
+                        in_shardings=(rep, rep), out_shardings=(rep, rep))
+    return critic, generator
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 
@@ -212,65 +242,145 @@ def _leaf_name(path: Sequence[Any]) -> str:
     return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
+def data_parallel_mesh(device: str) -> jax.sharding.Mesh:
+    """``--data-parallel``: a mesh over every device of ``--device``'s platform (all hosts')."""
+    platform, _, index = device.partition(":")
+    if index:
+        raise ConfigError(f"--device {device}: --data-parallel uses all devices; give a platform (cpu, gpu) or auto")
+    platform = {"auto": None, "cuda": "gpu"}.get(platform, platform)
+    try:
+        return jd.make_mesh(platform)
+    except RuntimeError as e:
+        raise ConfigError(f"--device {device}: JAX has no {platform} backend here ({e})") from e
+
+
 class JaxWGAN:
-    """The JAX trainer; NumPy in and out, as :class:`train.loop.Trainer` requires."""
+    """The JAX trainer; NumPy in and out, as :class:`train.loop.Trainer` requires.
+
+    ``mesh``: data-parallel over this 1-D mesh (axis ``"data"``, see :mod:`train.jax_distributed`);
+    None: one device (``cfg.device``). The global batch is ``cfg.batch_size`` either way."""
 
     framework = "jax"
 
-    def __init__(self, cfg: TrainConfig) -> None:
+    def __init__(self, cfg: TrainConfig, mesh: jax.sharding.Mesh | None = None) -> None:
         self.cfg = cfg
+        self.mesh = mesh
         self.spec = step_spec(cfg)
         # The generator step does not involve the penalty: one compilation serves them all.
         self._gen_spec = dataclasses.replace(self.spec, penalty=NO_PENALTY)
-        self.device = resolve_device(cfg.device)
+        self._sample_spec = self.spec
+        if mesh is None:
+            self.device = resolve_device(cfg.device)
+            self.is_chief = True
+        else:
+            jd.check_divisible(mesh, batch_size=cfg.batch_size, gen_batch_size=cfg.gen_batch_size)
+            # Initialise and sample on this process's first device of the mesh, as on one device.
+            self.device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+            self.is_chief = jax.process_index() == 0
+            batch = jd.batch_sharding(mesh)
+            self.spec = dataclasses.replace(self.spec, batch_sharding=batch)
+            self._gen_spec = dataclasses.replace(self._gen_spec, batch_sharding=batch)
         with classic_threefry():
-            self.state = self._put(_init_state(self.spec, jax.random.PRNGKey(cfg.seed)))
+            state = jax.device_put(_init_state(self._sample_spec, jax.random.PRNGKey(cfg.seed)), self.device)
+        self.state = state if mesh is None else jd.replicate(jax.device_get(state), mesh)
         paths, self._treedef = jax.tree_util.tree_flatten_with_path(self.state)
         self._names = [_leaf_name(p) for p, _ in paths]
         self._shapes = [tuple(leaf.shape) for _, leaf in paths]
 
     def _put(self, tree: Any) -> Any:
+        """Host values -> this trainer's placement (its device, or replicated over the mesh)."""
+        if self.mesh is not None:
+            return jd.replicate(tree, self.mesh)
         return jax.device_put(tree, self.device) if self.device is not None else tree
 
-    def _lr(self, base: float, step: int) -> jax.Array:
-        return self._put(jnp.asarray(lr_at(base, step, self.cfg.steps, self.cfg.lr_decay), jnp.float32))
+    def _local(self, tree: Any) -> Any:
+        """This process's copy (no communication: everything the steps return is replicated)."""
+        return tree if self.mesh is None else jax.tree.map(jd.local_copy, tree)
 
-    @staticmethod
-    def _floats(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
-        return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+    def _lr(self, base: float, step: int) -> jax.Array:
+        return self._put(np.asarray(lr_at(base, step, self.cfg.steps, self.cfg.lr_decay), np.float32))
+
+    def _floats(self, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+        return {k: float(v) for k, v in jax.device_get(self._local(dict(metrics))).items()}
 
     # -- Trainer protocol --------------------------------------------------------------------
 
     def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
-        x = self._put(jnp.asarray(real, jnp.float32))
+        lr = self._lr(self.cfg.lr_d, step)
         with classic_threefry():
-            self.state, metrics = _critic_step(self.spec, self.state, x, self._lr(self.cfg.lr_d, step))
+            if self.mesh is None:
+                x = self._put(jnp.asarray(real, jnp.float32))
+                self.state, metrics = _critic_step(self.spec, self.state, x, lr)
+            else:
+                x = jd.global_batch(np.asarray(real, np.float32), self.mesh)
+                self.state, metrics = sharded_steps(self.mesh)[0](self.spec, self.state, x, lr)
         return self._floats(metrics)
 
     def generator_step(self, step: int) -> dict[str, float]:
+        lr = self._lr(self.cfg.lr_g, step)
+        step_fn = _generator_step if self.mesh is None else sharded_steps(self.mesh)[1]
         with classic_threefry():
-            self.state, metrics = _generator_step(self._gen_spec, self.state, self._lr(self.cfg.lr_g, step))
+            self.state, metrics = step_fn(self._gen_spec, self.state, lr)
         return self._floats(metrics)
 
     def sample(self, z: np.ndarray) -> np.ndarray:
-        zz = self._put(jnp.asarray(z, jnp.float32))
-        return to_uint8(np.asarray(_sample_images(self.spec, self.state.ema_params, self.state.ema_stats, zz)))
+        # On this process's own device only: the loop calls it on the chief alone.
+        zz = jnp.asarray(z, jnp.float32)
+        zz = jax.device_put(zz, self.device) if self.device is not None else zz
+        ema = self._local((self.state.ema_params, self.state.ema_stats))
+        return to_uint8(np.asarray(_sample_images(self._sample_spec, ema[0], ema[1], zz)))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         # Copies (the device buffers are donated to the next step); scalars as shape (1,)
         # because train.checkpoint's np.ascontiguousarray turns 0-d arrays into (1,) anyway.
-        leaves = jax.device_get(jax.tree_util.tree_leaves(self.state))
+        leaves = jax.device_get(self._local(jax.tree_util.tree_leaves(self.state)))
         return {name: np.atleast_1d(np.array(leaf, copy=True)) for name, leaf in zip(self._names, leaves, strict=True)}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         ckpt.validate_arrays(arrays, ckpt.array_spec(self.state_arrays()), context="jax trainer state")
-        leaves = [jnp.asarray(np.asarray(arrays[name]).reshape(shape))
-                  for name, shape in zip(self._names, self._shapes, strict=True)]
+        leaves = [np.asarray(arrays[name]).reshape(shape) for name, shape in zip(self._names, self._shapes, strict=True)]
+        if self.mesh is None:
+            leaves = [jnp.asarray(leaf) for leaf in leaves]
         self.state = self._put(jax.tree_util.tree_unflatten(self._treedef, leaves))
+
+    def sync_stop(self, requested: bool) -> bool:
+        """Stop every process at the same iteration when any of them was signalled."""
+        return jd.any_process(requested) if self.mesh is not None else requested
+
+
+def build_jax_parser() -> argparse.ArgumentParser:
+    """The shared command line plus the JAX data-parallel flags (they land in ``cfg.extra``)."""
+    parser = build_parser("jax")
+    g = parser.add_argument_group("distributed (JAX)")
+    g.add_argument("--data-parallel", action="store_true", default=None,
+                   help="shard each batch over all devices of --device's platform (every host's with "
+                        "--multihost); batch sizes must be divisible by the device count")
+    g.add_argument("--multihost", action="store_true", default=None,
+                   help="call jax.distributed.initialize() first (one process per host); implies --data-parallel")
+    g.add_argument("--coordinator-address", default=None, help="--multihost: HOST:PORT of process 0 "
+                   "(omit where JAX detects the cluster: SLURM, Cloud TPU, ...)")
+    g.add_argument("--num-processes", type=int, default=None, help="--multihost: number of processes")
+    g.add_argument("--process-id", type=int, default=None, help="--multihost: this process's index (0 = chief)")
+    return parser
+
+
+def make_trainer(cfg: TrainConfig) -> JaxWGAN:
+    extra = cfg.extra
+    # Per-launch settings (they differ between processes and runs): kept out of config.json.
+    launch = {k: extra.pop(k, None) for k in ("coordinator_address", "num_processes", "process_id")}
+    if extra.get("multihost"):
+        jd.initialize(launch["coordinator_address"], launch["num_processes"], launch["process_id"])
+    elif any(v is not None for v in launch.values()):
+        raise ConfigError("--coordinator-address, --num-processes and --process-id need --multihost")
+    if not (extra.get("data_parallel") or extra.get("multihost")):
+        return JaxWGAN(cfg)
+    mesh = data_parallel_mesh(cfg.device)
+    loop.log.info("jax: %s", jd.describe(mesh))
+    return JaxWGAN(cfg, mesh)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return loop.main("jax", JaxWGAN, argv)
+    return loop.main("jax", make_trainer, argv, parser=build_jax_parser())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""Seconds per training iteration (5 critic steps + 1 generator step) of the reference trainers,
+per framework and penalty, from each run's own metrics log.
+
+    python -m bench.trainer_timing --frameworks torch,jax --penalties valp,valp-half,gp \
+        --preset paper --steps 40 --out bench/results/trainers_gpu.md
+
+Each run is a subprocess of ``python -m train.<fw>_wgan`` on the bundled ``digits`` data (the
+timing does not depend on the images); the figure is the last logged ``time/sec_per_it``, i.e.
+after compilation and warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PENALTY_FLAGS = {
+    "valp": ["--penalty", "valp"],
+    "valp-half": ["--penalty", "valp", "--valp-fraction", "0.5"],
+    "gp": ["--penalty", "gp"],
+    "lp": ["--penalty", "lp"],
+    "none": ["--penalty", "none"],
+}
+
+
+def run_one(framework: str, penalty: str, preset: str, steps: int, timeout: float) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        cmd = [sys.executable, "-m", f"train.{framework}_wgan", "--preset", preset, "--data", "digits",
+               "--steps", str(steps), "--log-every", str(max(1, steps // 4)), "--no-progress",
+               "--no-tensorboard", "--sample-every", str(10 * steps), "--checkpoint-every", str(10 * steps),
+               "--out", out, *PENALTY_FLAGS[penalty]]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        wall = time.perf_counter() - start
+        rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()] \
+            if (Path(out) / "metrics.jsonl").exists() else []
+    if proc.returncode != 0 or not rows:
+        return {"framework": framework, "penalty": penalty, "error": (proc.stderr or proc.stdout)[-400:]}
+    return {"framework": framework, "penalty": penalty, "sec_per_it": rows[-1]["time/sec_per_it"], "wall_s": wall, "steps": rows[-1]["step"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--frameworks", default="torch,jax")
+    p.add_argument("--penalties", default="valp,valp-half,gp")
+    p.add_argument("--preset", default="paper", choices=["paper", "smoke"])
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    lines = [f"| framework | penalty | sec / iteration | vs valp | wall s ({args.steps} its, incl. start-up) |", "|---|---|---|---|---|"]
+    for fw in args.frameworks.split(","):
+        results = [run_one(fw, pen, args.preset, args.steps, args.timeout) for pen in args.penalties.split(",")]
+        base = next((r["sec_per_it"] for r in results if r["penalty"] == "valp" and "sec_per_it" in r), None)
+        for r in results:
+            if "error" in r:
+                lines.append(f"| {fw} | {r['penalty']} | failed: {r['error'].splitlines()[-1] if r['error'] else '?'} | | |")
+                continue
+            ratio = f"{r['sec_per_it'] / base:.2f}" if base else "-"
+            lines.append(f"| {fw} | {r['penalty']} | {r['sec_per_it']:.4f} | {ratio} | {r['wall_s']:.0f} |")
+        print("\n".join(lines), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
