@@ -237,7 +237,7 @@ def make_penalty(
     name: str,
     *,
     lam: float = 10.0,
-    reduce: str = "mean",
+    reduction: str = "mean",
     mode: str = "al",
     rho: float = 0.01,
     fraction: float = 1.0,
@@ -245,8 +245,8 @@ def make_penalty(
     xi: float = 10.0,
     eps_min: float = 0.1,
     eps_max: float = 10.0,
-    power_iters: int = 1,
-    direction: str = "uniform",
+    n_power: int = 1,
+    start: str = "uniform",
     clip: tuple[float, float] | None = (-1.0, 1.0),
     check_finite: bool = False,
 ) -> Penalty:
@@ -255,30 +255,30 @@ def make_penalty(
     ``mode`` (VALP only): "al" (augmented Lagrangian, coefficient ``rho``) or "plain"
     (``lam * R(L^2)``). ``check_finite`` adds VALP's input check (a graph assertion); off by
     default because the training loop already stops on a non-finite loss."""
-    if reduce not in ("mean", "sum", "max"):
-        raise ValueError(f"reduce must be 'mean', 'sum' or 'max', got {reduce!r}")
+    if reduction not in ("mean", "sum", "max"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'max', got {reduction!r}")
     if name == "none":
-        return Penalty(reduce=reduce)
+        return Penalty(reduce=reduction)
     if name in ("gp", "lp"):
-        return GradientPenalty(name=name, reduce=reduce, lam=float(lam), one_sided=name == "lp")
+        return GradientPenalty(name=name, reduce=reduction, lam=float(lam), one_sided=name == "lp")
     if name == "valp":
         if mode not in ("al", "plain"):
             raise ValueError(f"VALP mode must be 'al' or 'plain', got {mode!r}")
         valp = VALP(backend="tf", mode="al" if mode == "al" else "squared", lam=float(lam), rho=float(rho),
-                    reduction=reduce, fraction=float(fraction), K=float(K), xi=float(xi),  # type: ignore[arg-type]
-                    eps_min=float(eps_min), eps_max=float(eps_max), n_power=int(power_iters),
-                    start=direction, clip=tuple(clip) if clip is not None else None,  # type: ignore[arg-type]
+                    reduction=reduction, fraction=float(fraction), K=float(K), xi=float(xi),  # type: ignore[arg-type]
+                    eps_min=float(eps_min), eps_max=float(eps_max), n_power=int(n_power),
+                    start=start, clip=tuple(clip) if clip is not None else None,  # type: ignore[arg-type]
                     check_finite=check_finite)
-        return ValpPenalty(reduce=reduce, valp=valp)
+        return ValpPenalty(reduce=reduction, valp=valp)
     raise ValueError(f"unknown penalty {name!r}; expected one of {PENALTY_NAMES}")
 
 
 def penalty_kwargs(cfg: Any) -> dict[str, Any]:
     """``make_penalty`` keywords from a :class:`train.config.TrainConfig` (or any object with its fields)."""
     return {
-        "lam": cfg.penalty_weight, "reduce": cfg.penalty_reduce, "mode": cfg.penalty_mode, "rho": cfg.rho,
+        "lam": cfg.penalty_weight, "reduction": cfg.penalty_reduce, "mode": cfg.penalty_mode, "rho": cfg.rho,
         "fraction": cfg.valp_fraction, "K": cfg.valp_k, "xi": cfg.valp_xi, "eps_min": cfg.valp_eps_min,
-        "eps_max": cfg.valp_eps_max, "power_iters": cfg.valp_power_iters, "direction": cfg.valp_direction,
+        "eps_max": cfg.valp_eps_max, "n_power": cfg.valp_power_iters, "start": cfg.valp_direction,
         "clip": (-1.0, 1.0) if cfg.valp_clip else None,
     }
 
