@@ -727,3 +727,34 @@ def test_cli_main_smoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert json.loads((tmp_path / "config.json").read_text())["steps"] == 3
     assert main("numpy", ToyTrainer, argv) == 2
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+class _DivergesOnce(ToyTrainer):
+    """Returns a NaN loss once, at iteration ``nan_at``; the retry after a rollback is clean."""
+
+    def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
+        out = super().critic_step(real, step)
+        if self.nan_at is not None and step == self.nan_at:
+            self.nan_at = None
+        return out
+
+
+def test_loop_skip_nonfinite_rolls_back_and_skips(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _toy_cfg(tmp_path, skip_nonfinite=1)
+    with caplog.at_level("WARNING", logger="valr.train"):
+        result = run_training(_DivergesOnce(cfg, nan_at=6), cfg, data=_TOY_DATA)
+    assert result.status == "completed" and result.step == 12
+    warning = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+    assert len(warning) == 1 and "ckpt-000000005.npz (iteration 5)" in warning[0] and "1 of 1 allowed" in warning[0]
+    steps = [r["step"] for r in tlogs.read_jsonl(tmp_path / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and steps[-1] == 12  # no duplicate rows from the discarded iterations
+    # The rollback skipped data: the run differs from one that never diverged.
+    clean_cfg = _toy_cfg(tmp_path / "clean")
+    run_training(ToyTrainer(clean_cfg), clean_cfg, data=_TOY_DATA)
+    a = ckpt.load_latest(tmp_path / "checkpoints").arrays["trainer/w"]
+    b = ckpt.load_latest(tmp_path / "clean" / "checkpoints").arrays["trainer/w"]
+    assert not np.array_equal(a, b)
+    # Only as often as allowed: a trainer that keeps diverging still stops.
+    cfg2 = _toy_cfg(tmp_path / "again", skip_nonfinite=2)
+    with pytest.raises(NonFiniteError, match="iteration 7 returned loss=nan"):
+        run_training(ToyTrainer(cfg2, nan_at=6), cfg2, data=_TOY_DATA)

@@ -89,6 +89,9 @@ class TrainConfig:
     sample_every: int = 1000
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
+    # NaN/Inf loss: 0 stops the run; N > 0 rolls back to the last checkpoint up to N times,
+    # skipping the batches drawn since (the data stream is not rewound).
+    skip_nonfinite: int = 0
     eval_every: int = 1000
     eval_samples: int = 10_000
     final_eval_samples: int = 50_000
@@ -150,7 +153,7 @@ class TrainConfig:
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(self.image_size == 32, "image_size", "must be 32 (the reference architecture)")
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "eval_samples",
-                     "final_eval_samples"):
+                     "final_eval_samples", "skip_nonfinite"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name,
                  "must be an integer >= 0 (0 disables)")
         for name in ("eval_samples", "final_eval_samples"):
@@ -290,6 +293,9 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
                  "eval_samples", "final_eval_samples", "n_sample_grid"):
         g.add_argument(flag(name), dest=name, type=int, default=None)
     g.add_argument("--inception-weights", default=None, help="InceptionV3 weights (or env VALR_INCEPTION_WEIGHTS)")
+    g.add_argument("--skip-nonfinite", dest="skip_nonfinite", type=int, default=None,
+                   help="on a NaN/Inf loss, roll back to the last checkpoint and skip the batches since, at most N times "
+                        "(default 0: stop)")
     return p
 
 

@@ -237,6 +237,7 @@ class TrainingLoop:
         self.accum = _Accumulator()
         self.last_ckpt: Path | None = None
         self.last_ckpt_step: int | None = None
+        self.skipped = 0  # divergent iterations rolled back (--skip-nonfinite)
         self._evaluator: Evaluator | None = None
         self._eval_disabled = False
         self._postfix: dict[str, float] = {}
@@ -419,7 +420,13 @@ class TrainingLoop:
             with stop.installed():
                 t0, t0_step = time.perf_counter(), self.step
                 while self.step < cfg.steps:
-                    self._iteration()
+                    try:
+                        self._iteration()
+                    except NonFiniteError as error:
+                        self._roll_back_or_raise(error)
+                        bar.n = self.step
+                        t0, t0_step = time.perf_counter(), self.step
+                        continue
                     bar.set_postfix({k: f"{v:.3g}" for k, v in self._postfix.items()}, refresh=False)
                     bar.update(1)
                     if self.step == cfg.steps:
@@ -462,6 +469,28 @@ class TrainingLoop:
                 self.metrics.close()
             if self.tb is not None:
                 self.tb.close()
+
+    def _roll_back_or_raise(self, error: NonFiniteError) -> None:
+        """--skip-nonfinite: reload the last checkpoint's trainer state and loop position, but
+        keep the data stream where it is, so the batches since (the bad one included) are skipped."""
+        if self.skipped >= self.cfg.skip_nonfinite or self.last_ckpt is None:
+            raise error
+        self.skipped += 1
+        found = ckpt.load_checkpoint(self.last_ckpt)
+        self.trainer.load_state_arrays(
+            {k[len(TRAINER_PREFIX):]: v for k, v in found.arrays.items() if k.startswith(TRAINER_PREFIX)})
+        self.step = int(found.metadata["step"])
+        self.accum = _Accumulator(found.metadata.get("loop", {}).get("accum"))
+        # Logged rows past the rolled-back step describe the discarded iterations: drop them.
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = MetricsWriter(self.out, resume_step=self.step)
+        if self.tb is not None:
+            self.tb.close()
+            self.tb = TensorBoardWriter(self.out / "tb", purge_step=self.step + 1)
+        what = str(error).split("; training stopped")[0]
+        log.warning("%s; rolled back to %s (iteration %d), skipping the batches drawn since (%d of %d allowed)",
+                    what, found.path, self.step, self.skipped, self.cfg.skip_nonfinite)
 
     def _iteration(self) -> None:
         cfg, step = self.cfg, self.step
