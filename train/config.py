@@ -325,3 +325,13 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
     except ConfigError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+
+
+def penalty_kwargs(cfg: Any) -> dict[str, Any]:
+    """Keywords of every framework's ``make_penalty`` (train/<fw>_penalties.py) from a config."""
+    return {
+        "lam": cfg.penalty_weight, "reduction": cfg.penalty_reduce, "mode": cfg.penalty_mode, "rho": cfg.rho,
+        "fraction": cfg.valp_fraction, "K": cfg.valp_k, "xi": cfg.valp_xi, "eps_min": cfg.valp_eps_min,
+        "eps_max": cfg.valp_eps_max, "n_power": cfg.valp_power_iters, "start": cfg.valp_direction,
+        "clip": (-1.0, 1.0) if cfg.valp_clip else None,
+    }

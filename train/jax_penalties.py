@@ -45,6 +45,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from train.config import penalty_kwargs
 from valr_core import VALP
 from valr_core.objectives import ALState
 
@@ -174,8 +175,4 @@ def make_penalty(
 
 def penalty_from_config(cfg: Any) -> Penalty:
     """The penalty a ``train.config.TrainConfig`` (or anything with its field names) selects."""
-    return make_penalty(
-        cfg.penalty, lam=cfg.penalty_weight, mode=cfg.penalty_mode, rho=cfg.rho, fraction=cfg.valp_fraction,
-        K=cfg.valp_k, xi=cfg.valp_xi, eps_min=cfg.valp_eps_min, eps_max=cfg.valp_eps_max,
-        n_power=cfg.valp_power_iters, start=cfg.valp_direction,
-        clip=(-1.0, 1.0) if cfg.valp_clip else None, reduction=cfg.penalty_reduce)
+    return make_penalty(cfg.penalty, **penalty_kwargs(cfg))

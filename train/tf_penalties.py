@@ -97,6 +97,7 @@ def import_tensorflow_quietly() -> None:
 import_tensorflow_quietly()
 import tensorflow as tf  # noqa: E402
 
+from train.config import penalty_kwargs  # noqa: E402
 from valr_core import VALP, ALState, get_backend, sample_draws  # noqa: E402
 
 Critic = Callable[[tf.Tensor], tf.Tensor]
@@ -271,16 +272,6 @@ def make_penalty(
                     check_finite=check_finite)
         return ValpPenalty(reduce=reduction, valp=valp)
     raise ValueError(f"unknown penalty {name!r}; expected one of {PENALTY_NAMES}")
-
-
-def penalty_kwargs(cfg: Any) -> dict[str, Any]:
-    """``make_penalty`` keywords from a :class:`train.config.TrainConfig` (or any object with its fields)."""
-    return {
-        "lam": cfg.penalty_weight, "reduction": cfg.penalty_reduce, "mode": cfg.penalty_mode, "rho": cfg.rho,
-        "fraction": cfg.valp_fraction, "K": cfg.valp_k, "xi": cfg.valp_xi, "eps_min": cfg.valp_eps_min,
-        "eps_max": cfg.valp_eps_max, "n_power": cfg.valp_power_iters, "start": cfg.valp_direction,
-        "clip": (-1.0, 1.0) if cfg.valp_clip else None,
-    }
 
 
 def penalty_from_config(cfg: Any) -> Penalty:

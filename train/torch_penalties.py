@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from train.config import penalty_kwargs
 from valr_core import VALP, ALState
 from valr_core.registry import get_backend
 
@@ -195,16 +196,6 @@ def make_penalty(
                     n_power=n_power, start=start, clip=clip, check_finite=check_finite)
         return ValpPenalty(reduce=reduction, valp=valp)
     raise ValueError(f"unknown penalty {name!r}; expected one of {PENALTY_NAMES}")
-
-
-def penalty_kwargs(cfg: Any) -> dict[str, Any]:
-    """``make_penalty`` keywords from a :class:`train.config.TrainConfig` (or any object with its fields)."""
-    return {
-        "lam": cfg.penalty_weight, "reduction": cfg.penalty_reduce, "mode": cfg.penalty_mode, "rho": cfg.rho,
-        "fraction": cfg.valp_fraction, "K": cfg.valp_k, "xi": cfg.valp_xi, "eps_min": cfg.valp_eps_min,
-        "eps_max": cfg.valp_eps_max, "n_power": cfg.valp_power_iters, "start": cfg.valp_direction,
-        "clip": (-1.0, 1.0) if cfg.valp_clip else None,
-    }
 
 
 def penalty_from_config(cfg: Any) -> Penalty:
