@@ -28,7 +28,7 @@ sys.exit(main("numpy", ToyTrainer, sys.argv[1:]))
 
 def _argv(out: Path, resume: bool) -> list[str]:
     # A checkpoint every iteration makes kills during a write likely.
-    argv = ["--preset", "smoke", "--out", str(out), "--steps", "150", "--n-critic", "1", "--batch-size", "8",
+    argv = ["--preset", "smoke", "--out", str(out), "--steps", "400", "--n-critic", "1", "--batch-size", "8",
             "--gen-batch-size", "8", "--z-dim", "4", "--checkpoint-every", "1", "--keep-checkpoints", "3",
             "--sample-every", "1000", "--log-every", "5", "--no-progress", "--no-tensorboard"]
     return argv + (["--resume"] if resume else [])
@@ -50,6 +50,15 @@ def _complete_checkpoints(out: Path) -> list[int]:
     return steps
 
 
+def _made_progress(out: Path, step: int) -> bool:
+    latest = out / "checkpoints" / "latest"
+    try:
+        name = latest.read_text().strip()
+    except OSError:
+        return False
+    return name.startswith("ckpt-") and int(name[5:14]) >= step
+
+
 def test_random_sigkills_never_corrupt_and_resume_exactly(tmp_path: Path) -> None:
     reference = tmp_path / "reference"
     done = _start(reference, resume=False)
@@ -57,26 +66,28 @@ def test_random_sigkills_never_corrupt_and_resume_exactly(tmp_path: Path) -> Non
 
     out = tmp_path / "killed"
     rng = np.random.default_rng(20261127)
-    kills, last_step = 0, 0
-    for attempt in range(8):
+    last_step = 0
+    for attempt in range(4):
         proc = _start(out, resume=attempt > 0)
-        time.sleep(rng.uniform(1.0, 2.5))  # start-up takes about a second; then mid-training
-        if proc.poll() is not None:
-            break
+        # Kill at a random moment once the run has made progress (20+ new checkpoints), so the
+        # kill lands mid-training, often mid-write, however fast or loaded the machine is.
+        deadline = time.monotonic() + 120
+        while not _made_progress(out, last_step + 20):
+            assert proc.poll() is None, f"run ended early: {proc.stderr.read()}"
+            assert time.monotonic() < deadline, "no progress within 120 s"
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        kills += 1
         steps = _complete_checkpoints(out)
-        if steps:
-            assert steps[-1] >= last_step  # progress is never lost
-            last_step = steps[-1]
-    assert kills >= 3, "the runs finished too fast to be killed; make the run longer"
+        assert steps and steps[-1] >= last_step + 20  # progress is never lost
+        last_step = steps[-1]
     final = _start(out, resume=True)
     assert final.wait(timeout=300) == 0, final.stderr.read()
 
     a = ckpt.load_latest(reference / "checkpoints")
     b = ckpt.load_latest(out / "checkpoints")
-    assert a is not None and b is not None and a.step == b.step == 150
+    assert a is not None and b is not None and a.step == b.step == 400
     assert set(a.arrays) == set(b.arrays)
     for key in a.arrays:
         np.testing.assert_array_equal(a.arrays[key], b.arrays[key], err_msg=key)
