@@ -1,4 +1,8 @@
-"""VALP hyperparameters, validated once at construction."""
+"""Penalty hyperparameters, validated once at construction.
+
+``PenaltyConfig`` holds what every penalty shares (how per-sample violations become a loss);
+``ValpConfig`` (VALP) and ``GradientPenaltyConfig`` (GP, LP) extend it.
+"""
 
 from __future__ import annotations
 
@@ -20,16 +24,49 @@ def _number(name: str, value: object) -> float:
 
 
 @dataclass(frozen=True)
-class ValpConfig:
+class PenaltyConfig:
+    """How per-sample violations L become a loss term (valr_core.objectives).
+
+    reduction: R over the batch. mode: "squared" lam*R(L^2), "linear" lam*R(L), "al" augmented
+    Lagrangian mu*R(L) + rho/2*R(L^2) with mu <- max(0, mu + rho*R(L)) after each critic step.
+    check_finite: reject NaN/Inf inputs (eagerly; at run time inside TF graphs).
+    """
+
+    reduction: Reduction = "mean"
+    mode: Mode = "squared"
+    lam: float = 10.0
+    rho: float = 0.01
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum", "max"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'max', got {self.reduction!r}")
+        if self.mode not in ("squared", "linear", "al"):
+            raise ValueError(f"mode must be 'squared', 'linear' or 'al', got {self.mode!r}")
+        if _number("lam", self.lam) < 0:
+            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
+        if _number("rho", self.rho) < 0:
+            raise ValueError(f"rho must be >= 0, got {self.rho!r}")
+        if not isinstance(self.check_finite, bool):
+            raise ValueError(f"check_finite must be True or False, got {self.check_finite!r}")
+
+
+@dataclass(frozen=True)
+class GradientPenaltyConfig(PenaltyConfig):
+    """Hyperparameters of GP (WGAN-GP, eq. 7) and LP (eq. 9): those of ``PenaltyConfig``;
+    the defaults are lam = 10, mean reduction, squared mode, as in WGAN-GP."""
+
+
+@dataclass(frozen=True)
+class ValpConfig(PenaltyConfig):
     """Hyperparameters of the penalty; defaults are the paper's (section 4) and SPEC.md's.
 
     K: Lipschitz constant to enforce. xi: finite-difference step of the power iteration.
     eps_min/eps_max: per-sample perturbation radius range. n_power: power iterations (0 = random
     direction). start: distribution of the initial direction. clip: (low, high) data range for
     x + r_adv, or None. fraction: share of the batch regularised. d_X/d_Y: distances by name or
-    callable; d_Y_power: proxy d_Y for the power iteration (default d_Y). reduction: over the
-    batch. mode: "squared" lam*reduce(L^2), "linear" lam*reduce(L), "al" augmented Lagrangian
-    mu*reduce(L) + rho/2*reduce(L^2). stop_gradient_clean: treat f(x) as a constant (VAT).
+    callable; d_Y_power: proxy d_Y for the power iteration (default d_Y). stop_gradient_clean:
+    treat f(x) as a constant (VAT). reduction, mode, lam, rho, check_finite: ``PenaltyConfig``.
     """
 
     K: float = 1.0
@@ -43,14 +80,10 @@ class ValpConfig:
     d_X: str | Distance = "l2"
     d_Y: str | Distance = "abs"
     d_Y_power: str | Distance | None = None
-    reduction: Reduction = "mean"
-    mode: Mode = "squared"
-    lam: float = 10.0
-    rho: float = 0.01
     stop_gradient_clean: bool = False
-    check_finite: bool = True
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         K = _number("K", self.K)
         if K < 0:
             raise ValueError(f"K must be >= 0, got {self.K!r}")
@@ -78,14 +111,6 @@ class ValpConfig:
         lookup(self.d_Y, OUTPUT_DISTANCES, "d_Y")
         if self.d_Y_power is not None:
             lookup(self.d_Y_power, OUTPUT_DISTANCES, "d_Y_power")
-        if self.reduction not in ("mean", "sum", "max"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'max', got {self.reduction!r}")
-        if self.mode not in ("squared", "linear", "al"):
-            raise ValueError(f"mode must be 'squared', 'linear' or 'al', got {self.mode!r}")
-        if _number("lam", self.lam) < 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
-        if _number("rho", self.rho) < 0:
-            raise ValueError(f"rho must be >= 0, got {self.rho!r}")
 
     @property
     def input_distance(self) -> Distance:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .config import ValpConfig
+from .config import PenaltyConfig
 from .interface import Tensor
 
 
@@ -29,7 +29,7 @@ def reduce(xp: Any, v: Tensor, how: str) -> Tensor:
     return xp.max(v)
 
 
-def penalty(xp: Any, config: ValpConfig, violations: Tensor, state: ALState | None) -> Tensor:
+def penalty(xp: Any, config: PenaltyConfig, violations: Tensor, state: ALState | None) -> Tensor:
     """The regularisation term for ``config.mode``; it increases with every violation."""
     how = config.reduction
     if config.mode == "squared":
@@ -37,10 +37,10 @@ def penalty(xp: Any, config: ValpConfig, violations: Tensor, state: ALState | No
     if config.mode == "linear":
         return config.lam * reduce(xp, violations, how)
     if state is None:
-        raise ValueError("mode='al' needs state=ALState(mu); create it with valp.init_state(x)")
+        raise ValueError("mode='al' needs state=ALState(mu); create it with penalty.init_state(x)")
     return state.mu * reduce(xp, violations, how) + 0.5 * config.rho * reduce(xp, violations * violations, how)
 
 
-def multiplier_update(xp: Any, config: ValpConfig, state: ALState, constraint: Tensor) -> ALState:
+def multiplier_update(xp: Any, config: PenaltyConfig, state: ALState, constraint: Tensor) -> ALState:
     """mu <- max(0, mu + rho * constraint), with constraint = R(L) of the step just taken."""
     return ALState(xp.clip(state.mu + config.rho * constraint, 0.0, None))

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from .algorithm import Draws, Violations, compute_violations, sample_draws
+from .base import PenaltyBase
 from .config import ValpConfig
 from .interface import Backend, Rng, Tensor
-from .objectives import ALState, multiplier_update, penalty, reduce
+from .objectives import ALState, penalty, reduce
 from .registry import resolve_backend
 
 
@@ -30,32 +31,20 @@ class ValpAux(NamedTuple):
 
 
 @dataclass(frozen=True)
-class VALP(ValpConfig):
+class VALP(ValpConfig, PenaltyBase):
     """Virtual Adversarial Lipschitz Penalty. ``backend`` None = inferred from the input."""
 
     backend: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.backend is not None:
-            from .registry import _ALIASES
-
-            if not isinstance(self.backend, str) or self.backend.lower() not in _ALIASES:
-                raise ValueError(f"backend must be None or one of {sorted(_ALIASES)}, got {self.backend!r}")
+        self._check_backend_name()
 
     # -- building blocks -------------------------------------------------------------------
     def resolve(self, x: Tensor) -> tuple[Backend, Tensor]:
         """The backend for ``x`` and ``x`` itself, validated (in TF graphs, with a runtime check)."""
         backend = resolve_backend(self.backend, x)
         return backend, self._check_input(backend, x)
-
-    def init_state(self, like: Tensor | None = None) -> ALState:
-        """mu = 0, as a scalar of ``like``'s framework and dtype (or a Python float)."""
-        if like is None:
-            return ALState(0.0)
-        backend = resolve_backend(self.backend, like)
-        xp = backend.namespace(like)
-        return ALState(xp.sum(xp.zeros_like(like[:1])))
 
     def draws(self, x: Tensor, rng: Rng) -> tuple[Draws, Rng]:
         backend, x = self.resolve(x)
@@ -123,30 +112,3 @@ class VALP(ValpConfig):
         if state is not None:
             stats["valp/mu"] = state.mu
         return value, ValpAux(result, constraint, stats, rng)
-
-    def update(self, state: ALState, constraint: Tensor) -> ALState:
-        """The AL multiplier step mu <- max(0, mu + rho * constraint); pure.
-
-        In data-parallel training, average ``constraint`` over replicas before calling."""
-        if isinstance(state.mu, float) and isinstance(constraint, float):
-            return ALState(max(0.0, state.mu + self.rho * constraint))
-        backend = resolve_backend(self.backend, constraint if not isinstance(constraint, float) else state.mu)
-        return multiplier_update(backend.namespace(constraint), self, state, constraint)
-
-    # -- input checks ------------------------------------------------------------------------
-    def _check_input(self, backend: Backend, x: Tensor) -> Tensor:
-        if not backend.is_floating(x):
-            raise TypeError(f"x must be a floating-point tensor, got dtype {backend.dtype_name(x)}")
-        shape = backend.shape(x)
-        if len(shape) < 1:
-            raise ValueError("x must have a batch dimension: shape (N, ...), got a scalar")
-        if isinstance(shape[0], int) and shape[0] == 0:
-            raise ValueError(f"x must hold at least one sample, got an empty batch of shape {tuple(shape)}")
-        if self.check_finite:
-            x = backend.check_finite(x, "x")
-        return x
-
-    def _check_rng(self, backend: Backend, rng: Any) -> None:
-        if not backend.is_rng(rng):
-            kind = f"{type(rng).__module__}.{type(rng).__qualname__}"
-            raise TypeError(f"rng must be a random state of the {backend.name} backend ({backend.rng_help()}), got {kind}")
