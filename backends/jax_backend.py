@@ -33,6 +33,10 @@ class JaxBackend:
     def grad(self, fn: Callable[[jax.Array], jax.Array], r: jax.Array) -> jax.Array:
         return jax.lax.stop_gradient(jax.grad(fn)(r))
 
+    def input_grad(self, fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
+        # Traced inside the caller's loss, so an outer jax.grad differentiates through it.
+        return jax.grad(fn)(jax.lax.stop_gradient(x))
+
     def stop_gradient(self, x: jax.Array) -> jax.Array:
         return jax.lax.stop_gradient(x)
 

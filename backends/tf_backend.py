@@ -43,6 +43,15 @@ class TfBackend:
         g = tape.gradient(value, r, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return tf.stop_gradient(g)
 
+    def input_grad(self, fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
+        x = tf.stop_gradient(x)
+        # A nested tape: a caller's outer tape records this gradient computation too, so it
+        # can differentiate the result w.r.t. the variables fn reads (no stop_gradient here).
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            value = fn(x)
+        return tape.gradient(value, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
     def stop_gradient(self, x: tf.Tensor) -> tf.Tensor:
         return tf.stop_gradient(x)
 

@@ -42,6 +42,17 @@ class TorchBackend:
             (g,) = torch.autograd.grad(fn(r), (r,))
         return g.detach()
 
+    def input_grad(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            value = fn(x)
+            if not value.requires_grad:
+                return torch.zeros_like(x)  # fn depends on nothing differentiable
+            # w.r.t. x only (parameter .grad untouched); create_graph keeps the result
+            # differentiable w.r.t. the parameters for the caller's backward.
+            (g,) = torch.autograd.grad(value, (x,), create_graph=True, allow_unused=True, materialize_grads=True)
+        return g
+
     def stop_gradient(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach()
 

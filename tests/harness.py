@@ -17,6 +17,10 @@ from valr_core import VALP, ALState, Draws
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 MLP_KEYS = ("w1", "b1", "w2", "b2")
 CONV_KEYS = ("c1", "c1b", "c2", "c2b", "w", "b")
+# Tiny closed-form critics for GP/LP, on (N, D) inputs: linear f(x) = x @ w; const f(x) = b
+# (x unused); quad f(x) = b/2 * |x|^2 (grad b*x, so b = 0 is a zero input gradient that
+# still depends on a parameter: sqrt's derivative at 0 is what would give NaN).
+KEYS = {"mlp": MLP_KEYS, "conv": CONV_KEYS, "linear": ("w",), "const": ("b",), "quad": ("b",)}
 
 
 def load(name: str) -> dict[str, np.ndarray]:
@@ -55,6 +59,17 @@ class Harness:
     def index(self, index: np.ndarray) -> Any:
         return self.tensor(index, "int64")
 
+    def gp_loss_and_grads(
+        self, pen: Any, kind: str, params: dict, real: np.ndarray, fake: np.ndarray, alphas: np.ndarray | None, dtype: str,
+        state: ALState | None = None, rng: Any = None,
+    ) -> tuple[float, Any, dict[str, np.ndarray]]:
+        """GP/LP ``pen`` on (real, fake) with fixed ``alphas`` (or drawn from ``rng``): loss, aux,
+        parameter gradients in fixture layout."""
+        raise NotImplementedError
+
+    def _gp_args(self, real: np.ndarray, fake: np.ndarray, alphas: np.ndarray | None, dtype: str) -> tuple[Any, Any, Any]:
+        return self.input(real, dtype), self.input(fake, dtype), None if alphas is None else self.tensor(alphas, dtype)
+
     def loss_and_grads(
         self, valp: VALP, kind: str, params: dict, x: np.ndarray, draws: Draws, dtype: str, state: ALState | None = None
     ) -> tuple[float, Any, dict[str, np.ndarray]]:
@@ -91,9 +106,15 @@ class TorchHarness(Harness):
 
     def critic(self, kind: str, params: dict, dtype: str) -> tuple[Callable, dict]:
         torch = self.torch
-        ps = {k: torch.nn.Parameter(self.tensor(params[k], dtype)) for k in (MLP_KEYS if kind == "mlp" else CONV_KEYS)}
+        ps = {k: torch.nn.Parameter(self.tensor(params[k], dtype)) for k in KEYS[kind]}
         if kind == "mlp":
             return (lambda x: torch.tanh(x @ ps["w1"] + ps["b1"]) @ ps["w2"] + ps["b2"]), ps
+        if kind == "linear":
+            return (lambda x: x @ ps["w"]), ps
+        if kind == "const":
+            return (lambda x: ps["b"].expand(x.shape[0], 1)), ps
+        if kind == "quad":
+            return (lambda x: 0.5 * ps["b"] * (x * x).flatten(1).sum(1)), ps
         F = torch.nn.functional
 
         def conv(x: Any) -> Any:
@@ -108,6 +129,16 @@ class TorchHarness(Harness):
         loss, aux = valp.loss(critic, self.input(x, dtype), None, state, draws=draws)
         grads = dict(zip(ps, self.torch.autograd.grad(loss, list(ps.values()), allow_unused=True, materialize_grads=True), strict=True))
         return float(loss.detach()), aux, {k: self.numpy(g) for k, g in grads.items()}
+
+    def gp_loss_and_grads(self, pen, kind, params, real, fake, alphas, dtype, state=None, rng=None):
+        critic, ps = self.critic(kind, params, dtype)
+        r, f, a = self._gp_args(real, fake, alphas, dtype)
+        loss, aux = pen.loss(critic, r, f, rng, state, alphas=a)
+        if loss.requires_grad:
+            grads = self.torch.autograd.grad(loss, list(ps.values()), allow_unused=True, materialize_grads=True)
+        else:  # the penalty does not depend on the parameters (e.g. a constant critic)
+            grads = [self.torch.zeros_like(p) for p in ps.values()]
+        return float(loss.detach()), aux, {k: self.numpy(g) for k, g in zip(ps, grads, strict=True)}
 
 
 # --------------------------------------------------------------------------- jax
@@ -134,6 +165,12 @@ class JaxHarness(Harness):
         jax, jnp = self.jax, self.jnp
         if kind == "mlp":
             return lambda ps, x: jnp.tanh(x @ ps["w1"] + ps["b1"]) @ ps["w2"] + ps["b2"]
+        if kind == "linear":
+            return lambda ps, x: x @ ps["w"]
+        if kind == "const":
+            return lambda ps, x: jnp.ones((x.shape[0], 1), x.dtype) * ps["b"]
+        if kind == "quad":
+            return lambda ps, x: 0.5 * ps["b"] * (x * x).reshape(x.shape[0], -1).sum(1)
 
         def conv(ps: dict, x: Any) -> Any:
             dn = ("NHWC", "HWIO", "NHWC")
@@ -144,13 +181,23 @@ class JaxHarness(Harness):
         return conv
 
     def params(self, kind: str, params: dict, dtype: str) -> dict:
-        return {k: self.tensor(_canon_param(k, params[k]), dtype) for k in (MLP_KEYS if kind == "mlp" else CONV_KEYS)}
+        return {k: self.tensor(_canon_param(k, params[k]), dtype) for k in KEYS[kind]}
 
     def loss_and_grads(self, valp, kind, params, x, draws, dtype, state=None):
         f = self.critic_fn(kind)
 
         def objective(ps):
             return valp.loss(lambda z: f(ps, z), self.input(x, dtype), None, state, draws=draws)
+
+        (loss, aux), grads = self.jax.value_and_grad(objective, has_aux=True)(self.params(kind, params, dtype))
+        return float(loss), aux, {k: _uncanon_param(k, np.asarray(g)) for k, g in grads.items()}
+
+    def gp_loss_and_grads(self, pen, kind, params, real, fake, alphas, dtype, state=None, rng=None):
+        f = self.critic_fn(kind)
+        r, fk, a = self._gp_args(real, fake, alphas, dtype)
+
+        def objective(ps):
+            return pen.loss(lambda z: f(ps, z), r, fk, rng, state, alphas=a)
 
         (loss, aux), grads = self.jax.value_and_grad(objective, has_aux=True)(self.params(kind, params, dtype))
         return float(loss), aux, {k: _uncanon_param(k, np.asarray(g)) for k, g in grads.items()}
@@ -177,9 +224,15 @@ class TfHarness(Harness):
 
     def critic(self, kind: str, params: dict, dtype: str) -> tuple[Callable, dict]:
         tf = self.tf
-        ps = {k: tf.Variable(_canon_param(k, params[k]).astype(dtype)) for k in (MLP_KEYS if kind == "mlp" else CONV_KEYS)}
+        ps = {k: tf.Variable(_canon_param(k, params[k]).astype(dtype)) for k in KEYS[kind]}
         if kind == "mlp":
             return (lambda x: tf.tanh(x @ ps["w1"] + ps["b1"]) @ ps["w2"] + ps["b2"]), ps
+        if kind == "linear":
+            return (lambda x: x @ ps["w"]), ps
+        if kind == "const":
+            return (lambda x: tf.ones([tf.shape(x)[0], 1], x.dtype) * ps["b"]), ps
+        if kind == "quad":
+            return (lambda x: 0.5 * ps["b"] * tf.reduce_sum(tf.reshape(x * x, [tf.shape(x)[0], -1]), 1)), ps
 
         def conv(x: Any) -> Any:
             h = tf.nn.softplus(tf.nn.conv2d(x, ps["c1"], 1, "SAME") + ps["c1b"])
@@ -193,6 +246,14 @@ class TfHarness(Harness):
         xt = self.input(x, dtype)
         with self.tf.GradientTape() as tape:
             loss, aux = valp.loss(critic, xt, None, state, draws=draws)
+        grads = tape.gradient(loss, ps, unconnected_gradients=self.tf.UnconnectedGradients.ZERO)
+        return float(loss), aux, {k: _uncanon_param(k, g.numpy()) for k, g in grads.items()}
+
+    def gp_loss_and_grads(self, pen, kind, params, real, fake, alphas, dtype, state=None, rng=None):
+        critic, ps = self.critic(kind, params, dtype)
+        r, f, a = self._gp_args(real, fake, alphas, dtype)
+        with self.tf.GradientTape() as tape:
+            loss, aux = pen.loss(critic, r, f, rng, state, alphas=a)
         grads = tape.gradient(loss, ps, unconnected_gradients=self.tf.UnconnectedGradients.ZERO)
         return float(loss), aux, {k: _uncanon_param(k, g.numpy()) for k, g in grads.items()}
 

@@ -4,8 +4,9 @@ Imports no deep-learning framework; backends are found lazily by name or from th
 """
 
 from .algorithm import Draws, Violations, adversarial_direction, compute_violations, sample_draws
-from .config import ValpConfig
+from .config import GradientPenaltyConfig, PenaltyConfig, ValpConfig
 from .distances import INPUT_DISTANCES, OUTPUT_DISTANCES
+from .gradient_penalty import GP, LP, GPAux, sample_alphas
 from .interface import Backend
 from .objectives import ALState
 from .registry import backend_for, backend_names, get_backend
@@ -14,13 +15,18 @@ from .valp import VALP, ValpAux
 from .vat import VAT
 
 __all__ = [
+    "GP",
+    "LP",
     "VALP",
     "VAT",
     "ALState",
     "Backend",
     "Draws",
+    "GPAux",
+    "GradientPenaltyConfig",
     "INPUT_DISTANCES",
     "OUTPUT_DISTANCES",
+    "PenaltyConfig",
     "StatefulVALP",
     "ValpAux",
     "ValpConfig",
@@ -30,5 +36,6 @@ __all__ = [
     "backend_names",
     "compute_violations",
     "get_backend",
+    "sample_alphas",
     "sample_draws",
 ]

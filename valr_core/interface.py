@@ -17,7 +17,7 @@ Rng = Any  # an explicit random state (torch.Generator, tf.random.Generator, JAX
 
 @runtime_checkable
 class Backend(Protocol):
-    """The few framework operations VALP needs. Implementations hold no mutable state."""
+    """The few framework operations the penalties need. Implementations hold no mutable state."""
 
     name: str  # registry name: "torch", "tf" or "jax"
 
@@ -37,6 +37,11 @@ class Backend(Protocol):
         """Gradient of the scalar ``fn(r)`` w.r.t. ``r`` only, first order, returned detached.
 
         Must not accumulate into parameter gradients (no ``.backward()``)."""
+
+    def input_grad(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """Gradient of the scalar ``fn(x)`` w.r.t. ``x`` that stays differentiable w.r.t. the
+        parameters ``fn`` closes over (double backward; GP/LP). ``x`` is taken as a constant;
+        an ``x`` that ``fn`` does not use gets zeros. Parameter gradients are never written."""
 
     def stop_gradient(self, x: Tensor) -> Tensor: ...
 
