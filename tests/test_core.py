@@ -4,15 +4,27 @@ own correctness (finite differences), so the yardstick every backend is held to 
 from __future__ import annotations
 
 import importlib.util
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+import valr_core
 from tests import reference as ref
-from tests.harness import load
-from valr_core import VALP, VAT, ValpConfig, get_backend, registry
+from tests.harness import MLP_KEYS, load
+from valr_core import (
+    GP,
+    LP,
+    VALP,
+    VAT,
+    GradientPenaltyConfig,
+    PenaltyConfig,
+    ValpConfig,
+    get_backend,
+    registry,
+)
 
 
 def test_import_loads_no_framework() -> None:
@@ -46,6 +58,62 @@ def test_import_loads_no_framework() -> None:
 def test_bad_configuration_names_the_argument(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         VALP(**kwargs)
+
+
+@pytest.mark.parametrize("cls", [GradientPenaltyConfig, GP, LP])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(reduction="median"), "reduction must be 'mean', 'sum' or 'max', got 'median'"),
+        (dict(mode="lagrange"), "mode must be 'squared', 'linear' or 'al', got 'lagrange'"),
+        (dict(lam=-1.0), "lam must be >= 0, got -1.0"),
+        (dict(lam=float("inf")), "lam must be a finite number, got inf"),
+        (dict(lam="10"), "lam must be a finite number, got '10'"),
+        (dict(rho=-0.01), "rho must be >= 0, got -0.01"),
+        (dict(rho=float("nan")), "rho must be a finite number, got nan"),
+        (dict(rho=True), "rho must be a finite number, got True"),
+        (dict(check_finite="yes"), "check_finite must be True or False, got 'yes'"),
+    ],
+)
+def test_bad_gradient_penalty_configuration_names_the_argument(cls: type, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cls(**kwargs)
+
+
+def test_penalty_fields_are_validated_in_one_place() -> None:
+    """VALP, GP and LP share PenaltyConfig's fields, defaults and checks."""
+    for cls in (ValpConfig, GradientPenaltyConfig, GP, LP, VALP):
+        assert issubclass(cls, PenaltyConfig)
+    assert GradientPenaltyConfig.__post_init__ is PenaltyConfig.__post_init__
+    gp = GP()
+    assert (gp.lam, gp.rho, gp.reduction, gp.mode, gp.check_finite, gp.backend) == (10.0, 0.01, "mean", "squared", True, None)
+    with pytest.raises(ValueError, match="backend must be None or one of"):
+        LP(backend="mxnet")
+    with pytest.raises(ValueError, match="rho must be >= 0"):
+        VALP(rho=-1.0)
+    with pytest.raises(AttributeError):
+        gp.lam = 1.0  # frozen
+    assert GP(lam=5.0) == GP(lam=5.0) and GP() != LP()
+
+
+def test_gp_state_without_framework() -> None:
+    gp = GP(mode="al", rho=0.5)
+    state = gp.init_state()
+    assert state.mu == 0.0 and isinstance(state.mu, float)
+    assert gp.update(state, 2.0).mu == 1.0
+    assert gp.update(gp.update(state, 2.0), -10.0).mu == 0.0
+
+
+def test_version_and_typing_marker() -> None:
+    assert isinstance(valr_core.__version__, str) and valr_core.__version__
+    assert (pathlib.Path(valr_core.__file__).parent / "py.typed").is_file()
+
+
+def test_missing_adapter_says_reinstall(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    monkeypatch.setattr(registry, "_ADAPTERS", tmp_path / "backends")
+    monkeypatch.setattr(registry, "_LOADED", {})
+    with pytest.raises(ImportError, match=r"adapter for backend 'torch' is missing.*reinstall valr"):
+        get_backend("torch")
 
 
 def test_defaults_are_the_papers() -> None:
@@ -114,3 +182,22 @@ def test_reference_linear_closed_form() -> None:
     out = ref.valp(lin, {"w": w}, x, np.random.default_rng(1).normal(size=(5, 2)), np.full(5, 0.3))
     np.testing.assert_allclose(out["quotients"], 5.0, rtol=1e-12)
     np.testing.assert_allclose(np.abs(out["direction"] @ w[:, 0] / 5.0), 1.0, rtol=1e-12)
+
+
+def test_reference_gp_gradient_matches_finite_differences() -> None:
+    """The MLP's hand-written second-order backward pass (what GP/LP backends are held to)."""
+    p = load("mlp")
+    p["w2"] = p["w2"] * 0.15  # norms straddle 1
+    real = p["x"]
+    fake = np.roll(real, 1, axis=0) + p["d0"]
+    alphas = np.random.default_rng(7).uniform(size=len(real))
+    for one_sided in (False, True):
+        for mode, reduction in (("squared", "mean"), ("linear", "sum"), ("al", "max")):
+            def penalty(q: dict, one_sided=one_sided, mode=mode, reduction=reduction) -> float:
+                return ref.gradient_penalty(ref.MLP, q, real, fake, alphas, one_sided=one_sided, mode=mode, reduction=reduction, mu=0.7, rho=0.05)["penalty"]
+
+            want = ref.central_differences(penalty, p, MLP_KEYS)
+            got = ref.gradient_penalty(ref.MLP, p, real, fake, alphas, one_sided=one_sided, mode=mode, reduction=reduction, mu=0.7, rho=0.05)["grads"]
+            scale = max(np.abs(g).max() for g in want.values())
+            for name in MLP_KEYS:
+                np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-8 * scale, err_msg=f"{name} {one_sided} {mode}")

@@ -279,3 +279,78 @@ def test_bad_inputs_name_the_argument(framework: str) -> None:
         gp.loss(lambda x: x * 2.0, real, real, rng)
     with pytest.raises(ValueError, match="one output per sample"):
         gp.loss(lambda x: x[:2, :1], real, real, rng)
+
+
+# ----------------------------------------------------------------------------- framework idioms
+@pytest.mark.framework("torch")
+def test_torch_leaves_parameter_grads_and_batchnorm_statistics_alone() -> None:
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+    real, fake = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    bn = net[1]
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    loss, aux = GP(backend="torch").loss(net, real, fake, torch.Generator().manual_seed(0))
+    assert all(p.grad is None for p in net.parameters()), "GP itself must not write .grad"
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1]) and int(bn.num_batches_tracked) == stats[2]
+    expected = torch.autograd.grad(loss, list(net.parameters()), retain_graph=True, allow_unused=True, materialize_grads=True)
+    loss.backward()  # the caller's backward goes through the input gradient (double backward)
+    for p, g in zip(net.parameters(), expected, strict=True):
+        torch.testing.assert_close(torch.zeros_like(p) if p.grad is None else p.grad, g)
+    assert net[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.framework("jax")
+def test_jax_under_jit_matches_eager() -> None:
+    import jax
+    import jax.numpy as jnp
+
+    h = harness("jax")
+    p, real, fake, alphas = _inputs("mlp")
+    f = h.critic_fn("mlp")
+    ps = h.params("mlp", p, "float64")
+    real_j, fake_j = jnp.asarray(real), jnp.asarray(fake)
+    for cls in (GP, LP):
+        pen = cls(backend="jax", mode="al")
+
+        def objective(ps, key, pen=pen):
+            return pen.loss(lambda z: f(ps, z), real_j, fake_j, key, ALState(jnp.asarray(0.3)))
+
+        key = jax.random.key(0)
+        (eager, aux_e), g_eager = jax.value_and_grad(objective, has_aux=True)(ps, key)
+        (jitted, aux_j), g_jit = jax.jit(jax.value_and_grad(objective, has_aux=True))(ps, key)
+        np.testing.assert_allclose(float(jitted), float(eager), rtol=1e-12)
+        for k in g_eager:
+            np.testing.assert_allclose(np.asarray(g_jit[k]), np.asarray(g_eager[k]), rtol=1e-10, atol=1e-14)
+        assert not np.array_equal(jax.random.key_data(aux_j.rng), jax.random.key_data(key))
+        state = jax.jit(pen.update)(ALState(jnp.asarray(0.3)), aux_j.constraint)
+        np.testing.assert_allclose(float(state.mu), 0.3 + 0.01 * float(aux_e.constraint), rtol=1e-12)
+
+
+@pytest.mark.framework("tf")
+def test_tf_function_matches_eager() -> None:
+    import tensorflow as tf
+
+    h = harness("tf")
+    p, real, fake, alphas = _inputs("conv")
+    critic, ps = h.critic("conv", p, "float64")
+    real_t, fake_t, alphas_t = h.input(real, "float64"), h.input(fake, "float64"), h.tensor(alphas, "float64")
+    for cls in (GP, LP):
+        pen = cls(backend="tf")
+
+        def step(real, fake, alphas, pen=pen):
+            with tf.GradientTape() as tape:
+                loss, aux = pen.loss(critic, real, fake, alphas=alphas)
+            return loss, tape.gradient(loss, list(ps.values()), unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+        eager, g_eager = step(real_t, fake_t, alphas_t)
+        graph, g_graph = tf.function(step)(real_t, fake_t, alphas_t)
+        np.testing.assert_allclose(float(graph), float(eager), rtol=1e-12)
+        for a, b in zip(g_graph, g_eager, strict=True):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-14)
+        # Drawing inside a graph from a tf.random.Generator works too, and advances it.
+        gen = tf.random.Generator.from_seed(3)
+        drawn = tf.function(lambda r, f, g, pen=pen: pen.loss(critic, r, f, g)[0])
+        first, second = float(drawn(real_t, fake_t, gen)), float(drawn(real_t, fake_t, gen))
+        assert first != second and np.isfinite([first, second]).all()

@@ -3,6 +3,8 @@
 Imports no deep-learning framework; backends are found lazily by name or from the input.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from .algorithm import Draws, Violations, adversarial_direction, compute_violations, sample_draws
 from .config import GradientPenaltyConfig, PenaltyConfig, ValpConfig
 from .distances import INPUT_DISTANCES, OUTPUT_DISTANCES
@@ -13,6 +15,11 @@ from .registry import backend_for, backend_names, get_backend
 from .stateful import StatefulVALP
 from .valp import VALP, ValpAux
 from .vat import VAT
+
+try:
+    __version__ = version("valr")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "GP",

@@ -9,9 +9,15 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .interface import Backend
+
+# The adapters ship beside valr_core in this distribution; they are loaded from here only, so
+# an unrelated top-level ``backends`` package of the user's cannot stand in for them.
+_ADAPTERS = Path(__file__).resolve().parent.parent / "backends"
 
 # registry name -> (adapter module, framework import name, pip extra)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
@@ -41,14 +47,52 @@ def get_backend(name: str) -> Backend:
     if key is None:
         raise ValueError(f"unknown backend {name!r}; expected one of {sorted(_ALIASES)}")
     module_name, framework, extra = _BACKENDS[key]
+    path = _ADAPTERS / f"{module_name.rsplit('.', 1)[1]}.py"
+    if not path.is_file():
+        raise ImportError(
+            f"valr's adapter for backend {name!r} is missing (expected {path}); the installation "
+            "is incomplete: reinstall valr (pip install --force-reinstall valr)"
+        )
     if importlib.util.find_spec(framework) is None:
         raise ImportError(
             f"backend {name!r} needs the '{framework}' package, which is not installed; "
             f"install it with: pip install 'valr[{extra}]'"
         )
-    backend = importlib.import_module(module_name).BACKEND
+    backend = _load_adapter(module_name, path).BACKEND
     _LOADED[name] = backend
     return backend
+
+
+def _is_ours(package: Any) -> bool:
+    locations = getattr(package, "__path__", None) or getattr(package, "submodule_search_locations", None) or ()
+    return any(Path(p).resolve() == _ADAPTERS for p in locations)
+
+
+def _load_adapter(module_name: str, path: Path) -> ModuleType:
+    """``backends.<fw>_backend`` when the importable ``backends`` is this distribution's;
+    otherwise the same file under a private module name."""
+    package = sys.modules.get("backends")
+    if package is None:
+        try:
+            package = importlib.util.find_spec("backends")
+        except (ImportError, ValueError):
+            package = None
+    if package is not None and _is_ours(package):
+        return importlib.import_module(module_name)
+    private = f"_valr_{module_name.replace('.', '_')}"
+    if private in sys.modules:
+        return sys.modules[private]
+    spec = importlib.util.spec_from_file_location(private, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load valr's backend adapter from {path}; reinstall valr")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[private] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[private]
+        raise
+    return module
 
 
 def _loaded_backends() -> list[Backend]:
