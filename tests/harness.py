@@ -28,6 +28,27 @@ def load(name: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+# GP/LP inputs: the last layer is scaled so that the gradient norms at the interpolates
+# straddle 1 (MLP: 0.41..2.03, conv: 0.88..1.09), so LP differs from GP and both branches
+# of |n - 1| are exercised.
+GP_LAST_LAYER = {"mlp": ("w2", 0.15), "conv": ("w", 0.7)}
+
+
+def gp_inputs(kind: str, dtype: str = "float64") -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+    """Parameters, real, fake and alphas for GP/LP, rounded to ``dtype`` (held in float64)."""
+    p = load(kind)
+    name, scale = GP_LAST_LAYER[kind]
+    p[name] = p[name] * scale
+    real = p["x"]
+    fake = np.roll(real, 1, axis=0) + p["d0"]
+    alphas = np.random.default_rng(7).uniform(size=len(real))
+
+    def rounded(a: np.ndarray) -> np.ndarray:
+        return a.astype(dtype).astype(np.float64)
+
+    return {k: rounded(v) if v.dtype.kind == "f" else v for k, v in p.items()}, rounded(real), rounded(fake), rounded(alphas)
+
+
 def _to_channels_last(a: np.ndarray) -> np.ndarray:
     return np.moveaxis(a, 1, -1) if a.ndim == 4 else a
 

@@ -8,8 +8,8 @@ import itertools
 import numpy as np
 import pytest
 
-from tests.harness import harness, load
-from valr_core import VALP, ALState
+from tests.harness import gp_inputs, harness, load
+from valr_core import GP, LP, VALP, ALState
 
 pytestmark = pytest.mark.parity
 FRAMEWORKS = ("torch", "tf", "jax")
@@ -71,3 +71,26 @@ def test_resnet_critic_penalty_agrees_across_frameworks() -> None:
     assert SMALL is not None
     for fw in ("tf", "jax"):
         np.testing.assert_allclose(losses[fw], losses["torch"], rtol=1e-4, err_msg=fw)
+
+
+@pytest.mark.parametrize(("dtype", "tol", "grad_tol"), [("float64", 1e-10, 1e-10), ("float32", 2e-5, 1e-4)])
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+@pytest.mark.parametrize("penalty", ["gp", "lp"])
+def test_gradient_penalties_agree_across_frameworks(dtype: str, tol: float, grad_tol: float, kind: str, penalty: str) -> None:
+    """GP and LP on the same weights, real/fake batches and alphas in torch, TF and JAX."""
+    p, real, fake, alphas = gp_inputs(kind)
+    pen = (GP if penalty == "gp" else LP)(mode="al", rho=0.05)
+    res = {}
+    for fw in FRAMEWORKS:
+        h = harness(fw)
+        state = ALState(h.tensor(np.asarray(0.3), dtype))
+        loss, aux, grads = h.gp_loss_and_grads(pen, kind, p, real, fake, alphas, dtype, state)
+        res[fw] = {"loss": loss, "norms": h.numpy(aux.norms), "grads": grads}
+    scale = max(np.linalg.norm(g) for g in res["torch"]["grads"].values())
+    for a, b in itertools.combinations(FRAMEWORKS, 2):
+        np.testing.assert_allclose(res[a]["loss"], res[b]["loss"], rtol=tol, err_msg=f"{a} vs {b}")
+        np.testing.assert_allclose(res[a]["norms"], res[b]["norms"], rtol=tol, err_msg=f"{a} vs {b}")
+        for name, g in res[b]["grads"].items():
+            # the output bias's gradient is 0: measure it against the whole gradient's size
+            err = np.linalg.norm(res[a]["grads"][name] - g) / max(np.linalg.norm(g), 1e-6 * scale)
+            assert err < grad_tol, f"{name}: {a} vs {b}: {err}"
