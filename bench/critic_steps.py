@@ -6,8 +6,9 @@ AL multiplier update for VALP). torch runs eagerly; TF runs as a ``tf.function``
 ``jax.jit``. Every ``run()`` returned by ``steps.step(method)`` synchronises the device before
 returning. Each method gets its own copy of the critic and optimiser (same initial weights).
 
-VALP is the paper's form: augmented Lagrangian (rho = 0.01) on real and fake samples,
-reusing the forward pass's scores (``fx=``), defaults of section 4.
+VALP, GP and LP are the trainers' own penalties (``train.penalties.make_penalty``, i.e.
+valr_core's): VALP in the paper's form, augmented Lagrangian (rho = 0.01) on real and fake
+samples reusing the forward pass's scores, defaults of section 4; GP/LP with lam = 10.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import native_valp, penalties
+from bench import native_valp
 from bench.common import Method
 
 LR, BETAS = 2e-4, (0.0, 0.9)
@@ -37,12 +38,16 @@ def _images(seed: int, batch: int, size: int, channels_last: bool) -> tuple[np.n
     return (rng.uniform(-1, 1, shape).astype(np.float32), rng.uniform(-1, 1, shape).astype(np.float32))
 
 
-def make_valp(backend: str, method: Method) -> Any:
-    from valr_core import VALP
+def make_penalty(backend: str, method: Method) -> Any:
+    """The trainers' penalty for ``method`` (None for the no-penalty and hand-written rows)."""
+    from train.penalties import make_penalty as shared_penalty
 
-    return VALP(
-        backend=backend, mode="al", rho=native_valp.RHO, fraction=method.fraction, n_power=method.n_power, check_finite=method.check_finite
-    )
+    if method.kind == "valp":
+        return shared_penalty("valp", backend, check_finite=method.check_finite, mode="al", rho=native_valp.RHO,
+                              fraction=method.fraction, n_power=method.n_power)
+    if method.kind in ("gp", "lp"):
+        return shared_penalty(method.kind, backend, check_finite=method.check_finite)
+    return None
 
 
 # ============================================================================ torch
@@ -79,8 +84,8 @@ class TorchSteps:
         b = method.batch or self.batch
         real, fake = self.data(b)
         gen = torch.Generator(device=self.device).manual_seed(_seed(self.seed, method))
-        valp = make_valp("torch", method) if method.kind == "valp" else None
-        mu = [valp.init_state(real) if valp else torch.zeros((), device=self.device)]
+        penalty = make_penalty("torch", method)
+        state = [penalty.init_state(real) if penalty else torch.zeros((), device=self.device)]
 
         def run() -> Any:
             opt.zero_grad(set_to_none=True)
@@ -88,20 +93,18 @@ class TorchSteps:
             fx = critic(x)
             loss = fx[b:].mean() - fx[:b].mean()
             constraint = None
-            if method.kind in ("gp", "lp"):
-                loss = loss + penalties.torch_penalty(critic, real, fake, gen, one_sided=method.kind == "lp")
-            elif method.kind == "valp":
-                pen, aux = valp.loss(critic, x, gen, mu[0], fx=fx)
-                loss, constraint = loss + pen, aux.constraint
+            if penalty is not None:
+                pen, out = penalty(critic, real, fake, gen, state[0], fx=fx)
+                loss, constraint = loss + pen, out.constraint
             elif method.kind == "native":
-                pen, constraint, _ = native_valp.torch_valp(critic, x, fx, gen, mu[0], method.fraction, method.n_power)
+                pen, constraint, _ = native_valp.torch_valp(critic, x, fx, gen, state[0], method.fraction, method.n_power)
                 loss = loss + pen
             loss.backward()
             opt.step()
-            if valp is not None:
-                mu[0] = valp.update(mu[0], constraint)
+            if penalty is not None:
+                state[0] = penalty.update(state[0], constraint)
             elif constraint is not None:
-                mu[0] = torch.clamp(mu[0] + native_valp.RHO * constraint, min=0.0)
+                state[0] = torch.clamp(state[0] + native_valp.RHO * constraint, min=0.0)
             self.sync()
             return loss.detach()
 
@@ -175,7 +178,7 @@ class TfSteps:
             opt.build(model.trainable_variables)
             gen = tf.random.Generator.from_seed(_seed(self.seed, method))
             mu = tf.Variable(0.0, dtype=tf.float32)
-        valp = make_valp("tf", method) if method.kind == "valp" else None
+        penalty = make_penalty("tf", method)
 
         def critic(z: Any) -> Any:
             return model(z, training=True)
@@ -189,18 +192,16 @@ class TfSteps:
                 x = tf.concat([real, fake], 0)
                 fx = critic(x)
                 loss = tf.reduce_mean(fx[b:]) - tf.reduce_mean(fx[:b])
-                if method.kind in ("gp", "lp"):
-                    loss += penalties.tf_penalty(critic, real, fake, gen, one_sided=method.kind == "lp")
-                elif method.kind == "valp":
-                    pen, aux = valp.loss(critic, x, gen, ALState(mu.read_value()), fx=fx)
-                    loss, constraint = loss + pen, aux.constraint
+                if penalty is not None:
+                    pen, out = penalty(critic, real, fake, gen, ALState(mu.read_value()), fx=fx)
+                    loss, constraint = loss + pen, out.constraint
                 elif method.kind == "native":
                     pen, constraint, _ = native_valp.tf_valp(critic, x, fx, gen, mu.read_value(), method.fraction, method.n_power)
                     loss += pen
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
-            if valp is not None:
-                mu.assign(valp.update(ALState(mu.read_value()), constraint).mu)
+            if penalty is not None:
+                mu.assign(penalty.update(ALState(mu.read_value()), constraint).mu)
             elif constraint is not None:
                 mu.assign(tf.maximum(mu + native_valp.RHO * constraint, 0.0))
             return loss
@@ -260,7 +261,7 @@ class JaxSteps:
 
         b = method.batch or self.batch
         module, opt = self.module, self.opt
-        valp = make_valp("jax", method) if method.kind == "valp" else None
+        penalty = make_penalty("jax", method)
 
         def loss_fn(params: Any, real: Any, fake: Any, key: Any, mu: Any) -> Any:
             def critic(z: Any) -> Any:
@@ -270,12 +271,9 @@ class JaxSteps:
             fx = critic(x)
             loss = jnp.mean(fx[b:]) - jnp.mean(fx[:b])
             constraint = jnp.zeros((), jnp.float32)
-            if method.kind in ("gp", "lp"):
-                key, sub = jax.random.split(key)
-                loss += penalties.jax_penalty(critic, real, fake, sub, one_sided=method.kind == "lp")
-            elif method.kind == "valp":
-                pen, aux = valp.loss(critic, x, key, ALState(mu), fx=fx)
-                loss, constraint, key = loss + pen, aux.constraint, aux.rng
+            if penalty is not None:
+                pen, out = penalty(critic, real, fake, key, ALState(mu), fx=fx)
+                loss, constraint, key = loss + pen, out.constraint, out.rng
             elif method.kind == "native":
                 pen, constraint, key = native_valp.jax_valp(critic, x, fx, key, mu, method.fraction, method.n_power)
                 loss += pen
@@ -286,8 +284,8 @@ class JaxSteps:
             (loss, (key, constraint)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, real, fake, key, mu)
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
-            if valp is not None:
-                mu = valp.update(ALState(mu), constraint).mu
+            if penalty is not None:
+                mu = penalty.update(ALState(mu), constraint).mu
             else:
                 mu = jnp.maximum(mu + native_valp.RHO * constraint, 0.0)
             return params, opt_state, key, mu, loss

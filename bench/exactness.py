@@ -121,6 +121,15 @@ class TrainConfig:
     valp_paper: dict[str, Any] = field(default_factory=lambda: {"mode": "al", "rho": 1.0})
 
 
+def _gradient_penalty(backend: str, cfg: TrainConfig, method: str) -> Any:
+    """valr_core's GP or LP (lam = cfg.gp_lam) for ``method``, else None."""
+    from valr_core import GP, LP
+
+    if method not in ("gp", "lp"):
+        return None
+    return (GP if method == "gp" else LP)(backend=backend, lam=cfg.gp_lam)
+
+
 def _valp(backend: str, cfg: TrainConfig, method: str) -> Any:
     from valr_core import VALP
 
@@ -141,8 +150,6 @@ def train_torch(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: Tra
 
 
 def _train_torch(torch: Any, method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: TrainConfig, seed: int) -> Weights:
-    from bench.penalties import torch_penalty
-
     ps = [torch.nn.Parameter(torch.from_numpy(a.copy())) for pair in w0 for a in pair]
     opt = torch.optim.Adam(ps, lr=cfg.lr, betas=cfg.betas)
     gen = torch.Generator().manual_seed(seed)
@@ -154,7 +161,7 @@ def _train_torch(torch: Any, method: str, p: np.ndarray, q: np.ndarray, w0: Weig
             z = torch.relu(z @ ps[i] + ps[i + 1])
         return z @ ps[-2] + ps[-1]
 
-    valp = _valp("torch", cfg, method)
+    valp, gp = _valp("torch", cfg, method), _gradient_penalty("torch", cfg, method)
     state = valp.init_state(x) if valp else None
     for _ in range(cfg.steps):
         opt.zero_grad(set_to_none=True)
@@ -164,7 +171,7 @@ def _train_torch(torch: Any, method: str, p: np.ndarray, q: np.ndarray, w0: Weig
             pen, aux = valp.loss(f, x, gen, state, fx=fx)
             loss = loss + pen
         elif method in ("gp", "lp"):
-            loss = loss + torch_penalty(f, pt, qt[torch.randperm(n, generator=gen)], gen, one_sided=method == "lp", lam=cfg.gp_lam)
+            loss = loss + gp.loss(f, pt, qt[torch.randperm(n, generator=gen)], gen)[0]
         loss.backward()
         opt.step()
         if valp is not None:
@@ -180,8 +187,6 @@ def _train_torch(torch: Any, method: str, p: np.ndarray, q: np.ndarray, w0: Weig
 def train_tf(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: TrainConfig, seed: int) -> Weights:
     import tensorflow as tf
 
-    from bench.penalties import tf_penalty
-
     ps = [tf.Variable(a) for pair in w0 for a in pair]
     opt = tf.keras.optimizers.Adam(cfg.lr, beta_1=cfg.betas[0], beta_2=cfg.betas[1])
     opt.build(ps)
@@ -194,7 +199,7 @@ def train_tf(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: TrainC
             z = tf.nn.relu(z @ ps[i] + ps[i + 1])
         return z @ ps[-2] + ps[-1]
 
-    valp = _valp("tf", cfg, method)
+    valp, gp = _valp("tf", cfg, method), _gradient_penalty("tf", cfg, method)
     mu = tf.Variable(0.0)
 
     @tf.function(autograph=False)
@@ -209,7 +214,7 @@ def train_tf(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: TrainC
                 loss += pen
             elif method in ("gp", "lp"):
                 perm = tf.argsort(gen.uniform((n,)))
-                loss += tf_penalty(f, pt, tf.gather(qt, perm), gen, one_sided=method == "lp", lam=cfg.gp_lam)
+                loss += gp.loss(f, pt, tf.gather(qt, perm), gen)[0]
         opt.apply_gradients(zip(tape.gradient(loss, ps), ps, strict=True))
         if valp is not None:
             mu.assign(valp.update(ALState(mu.read_value()), aux.constraint).mu)
@@ -229,14 +234,13 @@ def train_jax(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: Train
     import jax.numpy as jnp
     import optax
 
-    from bench.penalties import jax_penalty
     from valr_core import ALState
 
     ps = [jnp.asarray(a, jnp.float32) for pair in w0 for a in pair]
     opt = optax.adam(cfg.lr, b1=cfg.betas[0], b2=cfg.betas[1])
     pt, qt = jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32)
     x, n = jnp.concatenate([pt, qt]), len(p)
-    valp = _valp("jax", cfg, method)
+    valp, gp = _valp("jax", cfg, method), _gradient_penalty("jax", cfg, method)
 
     def apply(params: Any, z: Any) -> Any:
         for i in range(0, len(params) - 2, 2):
@@ -255,7 +259,7 @@ def train_jax(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: Train
             loss, constraint, key = loss + pen, aux.constraint, aux.rng
         elif method in ("gp", "lp"):
             key, k1, k2 = jax.random.split(key, 3)
-            loss += jax_penalty(f, pt, qt[jax.random.permutation(k1, n)], k2, one_sided=method == "lp", lam=cfg.gp_lam)
+            loss += gp.loss(f, pt, qt[jax.random.permutation(k1, n)], k2)[0]
         return loss, (key, constraint)
 
     def step(carry: Any, _: Any) -> Any:

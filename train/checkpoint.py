@@ -343,6 +343,19 @@ def validate_arrays(
             raise ValueError(f"{context}: unexpected array {extra[0]!r} ({len(extra)} unexpected in total)")
 
 
+def restore_arrays(
+    arrays: Mapping[str, np.ndarray], live: Mapping[str, np.ndarray], *, context: str
+) -> dict[str, np.ndarray]:
+    """``arrays`` checked against the live state ``live`` (keys, shapes, dtypes), scalars as 0-d.
+
+    Checkpoints written before format fixes stored 0-d arrays as shape (1,); they load here, in
+    one place, for every trainer."""
+    fixed = {k: (np.reshape(v, ()) if k in live and np.ndim(live[k]) == 0 and np.shape(v) == (1,) else v)
+             for k, v in arrays.items()}
+    validate_arrays(fixed, array_spec(live), context=context)
+    return fixed
+
+
 def validate_metadata(
     metadata: Mapping[str, Any],
     *,

@@ -12,12 +12,14 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
-PENALTIES = ("valp", "gp", "lp", "none")
-PENALTY_MODES = ("al", "plain")
-REDUCTIONS = ("mean", "sum", "max")
-DIRECTIONS = ("uniform", "gaussian")
+from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS
+from train.seeds import MAX_SEED, stream_seed
+from valr_core import ValpConfig
+from valr_core.config import Mode, Reduction, Start
+
+_CORE = ValpConfig()  # the core's defaults: one default per setting
 LR_DECAYS = ("linear", "constant")
 DATASETS = ("cifar10", "digits", "folder")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|tpu(:\d+)?)$")
@@ -62,20 +64,21 @@ class TrainConfig:
     critic_channels: int = 128
     image_size: int = 32
 
-    # Lipschitz penalty
+    # Lipschitz penalty: the fields carry valr_core's names (VALP / GP / LP config fields), and
+    # their defaults are the core's; the ``paper`` preset sets the paper's choices explicitly.
     penalty: str = "valp"
-    penalty_mode: str = "al"  # VALP only: augmented Lagrangian (paper) or plain lambda * reduce(L^2)
-    penalty_weight: float = 10.0  # lambda for gp / lp / plain VALP
-    penalty_reduce: str = "mean"
-    rho: float = 0.01  # AL penalty coefficient (paper: rho = lambda = 0.01)
-    valp_fraction: float = 0.5
-    valp_k: float = 1.0
-    valp_xi: float = 10.0
-    valp_eps_min: float = 0.1
-    valp_eps_max: float = 10.0
-    valp_power_iters: int = 1
-    valp_direction: str = "uniform"
-    valp_clip: bool = True
+    lam: float = _CORE.lam  # weight of gp / lp and of the "squared"/"linear" modes
+    reduction: str = _CORE.reduction
+    mode: str | None = None  # None: the penalty's paper mode (train.penalties.PAPER_MODES)
+    rho: float = _CORE.rho  # AL coefficient (paper: rho = 0.01)
+    K: float = _CORE.K
+    xi: float = _CORE.xi
+    eps_min: float = _CORE.eps_min
+    eps_max: float = _CORE.eps_max
+    n_power: int = _CORE.n_power
+    start: str = _CORE.start
+    clip: tuple[float, float] | None = _CORE.clip
+    fraction: float = _CORE.fraction
 
     # reproducibility / io
     seed: int = 0
@@ -107,7 +110,7 @@ class TrainConfig:
     @property
     def effective_data_seed(self) -> int:
         # A distinct default stream, so changing model init never changes the batches.
-        return self.data_seed if self.data_seed is not None else self.seed + 1_000_003
+        return self.data_seed if self.data_seed is not None else stream_seed(self.seed, "data")
 
     def architecture(self) -> dict[str, Any]:
         """The fields a checkpoint must match to be loadable into this run's models
@@ -130,12 +133,31 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}")
-        return cls(**dict(d))
+        values = dict(d)
+        if isinstance(values.get("clip"), list):  # JSON has no tuples
+            values["clip"] = tuple(values["clip"])
+        return cls(**values)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     # -- validation --------------------------------------------------------------------------
+
+    def penalty_settings(self) -> dict[str, Any]:
+        """The penalty fields, by the core's names (what ``train.penalties.make_penalty`` takes)."""
+        settings = {name: getattr(self, name) for name in PENALTY_FIELDS}
+        if settings["mode"] is None:
+            settings["mode"] = PAPER_MODES.get(self.penalty, _CORE.mode)
+        return settings
+
+    def _validate_penalty(self) -> None:
+        """The core's validation (one rule set), its message prefixed with the flag's name."""
+        try:
+            ValpConfig(**self.penalty_settings())
+        except (TypeError, ValueError) as e:
+            field_name = str(e).split(" ", 1)[0].split("[", 1)[0]
+            where = FLAGS[field_name][0] if field_name in FLAGS else "--" + self.penalty
+            raise ConfigError(f"{where}: {e}") from None
 
     def validate(self) -> TrainConfig:
         """Raise ConfigError naming the flag of the first invalid setting; returns self."""
@@ -149,7 +171,7 @@ class TrainConfig:
         if self.data == "folder" and not self.data_path:
             raise ConfigError("--data folder needs --data-path pointing to a folder of images")
         for name in ("steps", "n_critic", "batch_size", "gen_batch_size", "z_dim", "gen_channels",
-                     "critic_channels", "keep_checkpoints", "valp_power_iters", "n_sample_grid"):
+                     "critic_channels", "keep_checkpoints", "n_sample_grid"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(self.image_size == 32, "image_size", "must be 32 (the reference architecture)")
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "eval_samples",
@@ -167,18 +189,11 @@ class TrainConfig:
         need(self.lr_decay in LR_DECAYS, "lr_decay", f"must be one of {LR_DECAYS}")
         need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1)")
         need(self.penalty in PENALTIES, "penalty", f"must be one of {PENALTIES}")
-        need(self.penalty_mode in PENALTY_MODES, "penalty_mode", f"must be one of {PENALTY_MODES}")
-        need(self.penalty_reduce in REDUCTIONS, "penalty_reduce", f"must be one of {REDUCTIONS}")
-        need(self.penalty_weight >= 0, "penalty_weight", "must be >= 0")
-        need(self.rho > 0, "rho", "must be > 0")
-        need(0.0 < self.valp_fraction <= 1.0, "valp_fraction", "must be in (0, 1]")
-        need(self.valp_k >= 0, "valp_k", "must be >= 0")
-        need(self.valp_xi > 0, "valp_xi", "must be > 0")
-        need(self.valp_eps_min > 0, "valp_eps_min", "must be > 0")
-        need(self.valp_eps_max >= self.valp_eps_min, "valp_eps_max", f"must be >= --valp-eps-min ({self.valp_eps_min})")
-        need(self.valp_direction in DIRECTIONS, "valp_direction", f"must be one of {DIRECTIONS}")
-        need(isinstance(self.seed, int) and self.seed >= 0, "seed", "must be an integer >= 0")
-        need(self.data_seed is None or self.data_seed >= 0, "data_seed", "must be an integer >= 0")
+        self._validate_penalty()
+        for name in ("seed", "data_seed"):
+            value = getattr(self, name)
+            need(value is None or (isinstance(value, int) and 0 <= value <= MAX_SEED), name,
+                 f"must be an integer in [0, {MAX_SEED}]")
         need(bool(_DEVICE_RE.match(self.device)), "device", "must be auto, cpu, cuda[:N], gpu[:N] or tpu[:N]")
         need(bool(self.out), "out", "must be a directory path")
         need(self.resume is None or bool(self.resume), "resume", "must be 'auto' or a checkpoint path")
@@ -188,10 +203,12 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC: CIFAR-10 ResNet WGAN, 200k iterations, VALP with the augmented Lagrangian.
-    "paper": {},
+    # SPEC: CIFAR-10 ResNet WGAN, 200k iterations, VALP with the augmented Lagrangian on both
+    # batches (fraction 1: the paper's headline setting; --valp-fraction 0.5 is the half batch).
+    "paper": {"clip": DATA_RANGE, "fraction": 1.0},
     # Minutes on 2 CPU cores: digits (ships with scikit-learn), tiny widths, 40 x 5 critic steps.
     "smoke": {
+        "clip": DATA_RANGE,
         "data": "digits",
         "steps": 40,
         "batch_size": 32,
@@ -234,6 +251,7 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> No
 def build_parser(framework: str = "", description: str | None = None) -> argparse.ArgumentParser:
     """The command line shared by all trainers. Unset flags (None) keep the preset's value."""
     p = argparse.ArgumentParser(
+        formatter_class=_PresetDefaultsFormatter,
         prog=f"python -m train.{framework}_wgan" if framework else None,
         description=description or f"WGAN with VALP / GP / LP on CIFAR-10 ({framework or 'any framework'})",
     )
@@ -273,20 +291,17 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--gen-channels", type=int, default=None)
     g.add_argument("--critic-channels", type=int, default=None)
 
-    g = p.add_argument_group("penalty")
-    g.add_argument("--penalty", choices=PENALTIES, default=None)
-    g.add_argument("--penalty-mode", choices=PENALTY_MODES, default=None, help="VALP: al (paper) or plain")
-    g.add_argument("--penalty-weight", type=float, default=None, help="lambda for gp / lp / plain VALP")
-    g.add_argument("--penalty-reduce", choices=REDUCTIONS, default=None)
-    g.add_argument("--rho", type=float, default=None, help="augmented Lagrangian coefficient")
-    g.add_argument("--valp-fraction", type=float, default=None, help="fraction of the batch VALP is applied to")
-    g.add_argument("--valp-k", type=float, default=None, help="Lipschitz constant K")
-    g.add_argument("--valp-xi", type=float, default=None)
-    g.add_argument("--valp-eps-min", type=float, default=None)
-    g.add_argument("--valp-eps-max", type=float, default=None)
-    g.add_argument("--valp-power-iters", type=int, default=None)
-    g.add_argument("--valp-direction", choices=DIRECTIONS, default=None)
-    _bool_flag(g, "valp_clip", "clip x + r_adv to [-1, 1]")
+    g = p.add_argument_group("penalty (valr_core's settings; defaults: the paper preset's)")
+    g.add_argument("--penalty", choices=PENALTIES, default=None, help="which Lipschitz penalty")
+    for name, (option, kind, text) in FLAGS.items():
+        if kind == "bool":
+            g.add_argument(option, dest=name, action=_ClipAction, nargs=0, default=None,
+                           help=f"{text}; --no-{option[2:]} turns it off")
+            g.add_argument("--no-" + option[2:], dest=name, action=_ClipAction, nargs=0, help=argparse.SUPPRESS)
+        elif isinstance(kind, tuple):
+            g.add_argument(option, dest=name, choices=kind, default=None, help=text)
+        else:
+            g.add_argument(option, dest=name, type=kind, default=None, metavar=name.upper(), help=text)
 
     g = p.add_argument_group("logging and evaluation")
     for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "keep_checkpoints",
@@ -299,12 +314,58 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     return p
 
 
+# Penalty flags: core field -> (flag, type or choices, help). The flag is the core's name, with
+# "valp-" in front of the settings only VALP has.
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    "lam": ("--lam", float, "penalty weight lambda of gp / lp and of the squared / linear modes"),
+    "reduction": ("--reduction", get_args(Reduction), "reduction R of the per-sample violations over the batch"),
+    "mode": ("--mode", get_args(Mode), "al: mu*R(L) + rho/2*R(L^2) with mu's update; squared: lam*R(L^2); "
+             "linear: lam*R(L) (default: each penalty's paper mode, " + ", ".join(f"{k} {v}" for k, v in PAPER_MODES.items()) + ")"),
+    "rho": ("--rho", float, "augmented-Lagrangian coefficient rho"),
+    "K": ("--valp-k", float, "VALP: Lipschitz constant K to enforce"),
+    "xi": ("--valp-xi", float, "VALP: power-iteration step xi"),
+    "eps_min": ("--valp-eps-min", float, "VALP: smallest perturbation radius"),
+    "eps_max": ("--valp-eps-max", float, "VALP: largest perturbation radius"),
+    "n_power": ("--valp-n-power", int, "VALP: power iterations"),
+    "start": ("--valp-start", get_args(Start), "VALP: distribution of the initial direction"),
+    "fraction": ("--valp-fraction", float, "VALP: fraction of the batch regularised (0.5 = the half-batch variant)"),
+    "clip": ("--valp-clip", "bool", f"VALP: clip x + r_adv to the data range {list(DATA_RANGE)}"),
+}
+
+
+class _PresetDefaultsFormatter(argparse.HelpFormatter):
+    """Shows each setting's default (the paper preset's value) in --help, like argparse's
+    ArgumentDefaultsHelpFormatter does for plain defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        if action.dest in names and "default:" not in text and text != argparse.SUPPRESS:
+            text = f"{text} (default: {_paper(action.dest)})".strip()
+        return text
+
+
+def _paper(name: str) -> Any:
+    return PRESETS["paper"].get(name, getattr(TrainConfig, name))
+
+
+class _ClipAction(argparse.Action):
+    """--valp-clip / --no-valp-clip: the core's clip range is the data range, or None."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        # False, not None: None means "flag not given" to config_from_args.
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
     """Preset + explicitly given flags -> validated TrainConfig (ConfigError names the flag)."""
     overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "lr")}
     if getattr(args, "lr", None) is not None:
         overrides.setdefault("lr_g", args.lr)
         overrides.setdefault("lr_d", args.lr)
+    if "clip" in overrides:
+        overrides["clip"] = DATA_RANGE if overrides["clip"] else None
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     # Flags a trainer adds to the shared parser land in cfg.extra.
     extra = {k: overrides.pop(k) for k in list(overrides) if k not in known}
@@ -325,13 +386,3 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
     except ConfigError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
-
-
-def penalty_kwargs(cfg: Any) -> dict[str, Any]:
-    """Keywords of every framework's ``make_penalty`` (train/<fw>_penalties.py) from a config."""
-    return {
-        "lam": cfg.penalty_weight, "reduction": cfg.penalty_reduce, "mode": cfg.penalty_mode, "rho": cfg.rho,
-        "fraction": cfg.valp_fraction, "K": cfg.valp_k, "xi": cfg.valp_xi, "eps_min": cfg.valp_eps_min,
-        "eps_max": cfg.valp_eps_max, "n_power": cfg.valp_power_iters, "start": cfg.valp_direction,
-        "clip": (-1.0, 1.0) if cfg.valp_clip else None,
-    }

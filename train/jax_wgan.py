@@ -3,11 +3,13 @@
 Implements :class:`train.loop.Trainer` for the reference setup (SPEC "The reference training
 setup"): the WGAN-GP CIFAR-10 ResNet (``models.jax_resnet``), Adam(lr, beta1, beta2) with the
 linear lr decay of :func:`train.config.lr_at`, an EMA of the generator's weights and BatchNorm
-statistics for sampling, and the penalties of :mod:`train.jax_penalties` (default VALP with the
-augmented Lagrangian, its multiplier updated after every critic step).
+statistics for sampling, and the shared penalties and objectives of :mod:`train.penalties` and
+:mod:`train.contract` (default VALP with the augmented Lagrangian, its multiplier updated after
+every critic step). This file holds what JAX forces: pure jitted steps, optax, placement.
 
 Everything is float32 and explicit: the whole training state (parameters, Adam slots, EMA,
-BatchNorm statistics, the AL multiplier and the PRNG key) is one pytree, :class:`TrainState`,
+BatchNorm statistics, the AL multiplier and the PRNG keys of the latent and penalty streams,
+:mod:`train.seeds`) is one pytree, :class:`TrainState`,
 threaded through two ``jax.jit``-compiled pure steps. The steps take the learning rate as an
 argument (no retracing as it decays) and donate the old state's buffers. JAX places arrays on
 its default device, so a GPU is used when present (``--device cpu|gpu[:N]`` picks one).
@@ -38,15 +40,16 @@ import optax
 from models.jax_resnet import Critic, Generator, init
 from models.spec import ResNetConfig
 from train import checkpoint as ckpt
+from train import contract, loop
 from train import jax_distributed as jd
-from train import loop
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
-from train.jax_penalties import Penalty, make_penalty, penalty_from_config
-from valr_core.objectives import ALState
+from train.penalties import Penalty, make_penalty, penalty_from_config
+from train.seeds import stream_seed
+from valr_core import ALState
 
 ADAM_EPS = 1e-8  # torch's and the original WGAN-GP code's default
-NO_PENALTY = make_penalty("none")
+NO_PENALTY = make_penalty("none", "jax")
 
 
 def classic_threefry() -> Any:
@@ -63,19 +66,27 @@ def classic_threefry() -> Any:
 Params = Any
 
 
+class Streams(NamedTuple):
+    """The PRNG keys of the independent streams (train.seeds): latents and penalty draws."""
+
+    latents: jax.Array
+    penalty: jax.Array
+
+
 class TrainState(NamedTuple):
     """The complete training state; every leaf is a float32 array except Adam's counts (int32)
-    and the PRNG key (uint32 (2,))."""
+    and the PRNG keys (uint32 (2,)). Field names are the checkpoint key prefixes
+    (train.contract): ``penalty/mu``, ``rng/latents``, ``rng/penalty``, ``gen/...``."""
 
-    g_params: Params
-    g_stats: Params
-    c_params: Params
-    g_opt: Any
-    c_opt: Any
-    ema_params: Params
+    gen: Params
+    gen_stats: Params
+    critic: Params
+    opt_g: Any
+    opt_d: Any
+    ema: Params
     ema_stats: Params
-    al: ALState
-    key: jax.Array
+    penalty: ALState
+    rng: Streams
 
 
 @dataclass(frozen=True)
@@ -109,18 +120,25 @@ class StepSpec:
 def step_spec(cfg: TrainConfig) -> StepSpec:
     model = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
                          critic_channels=cfg.critic_channels, image_size=cfg.image_size)
-    return StepSpec(model, penalty_from_config(cfg), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay)
+    return StepSpec(model, penalty_from_config(cfg, "jax"), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay)
 
 
-def init_state(spec: StepSpec, key: jax.Array) -> TrainState:
-    """Fresh models (flax default init), zero Adam slots, EMA = initial weights, mu = 0."""
-    key, k_gen, k_critic = jax.random.split(key, 3)
+def init_state(spec: StepSpec, key: jax.Array, streams: Streams) -> TrainState:
+    """Fresh models (flax default init from ``key``), zero Adam slots, EMA = initial weights, mu = 0."""
+    k_gen, k_critic = jax.random.split(key)
     _, g_vars = init(spec.generator, k_gen)
     _, c_vars = init(spec.critic, k_critic)
     g_params, g_stats, c_params = g_vars["params"], g_vars["batch_stats"], c_vars["params"]
     copy = jax.tree.map(jnp.array, (g_params, g_stats))  # EMA starts equal but in its own buffers
+    mu = spec.penalty.init_state(jnp.zeros(()))
     return TrainState(g_params, g_stats, c_params, spec.adam.init(g_params), spec.adam.init(c_params),
-                      copy[0], copy[1], spec.penalty.init_state(), key)
+                      copy[0], copy[1], mu, streams)
+
+
+def initial_keys(seed: int) -> tuple[jax.Array, Streams]:
+    """The init key and the stream keys of ``seed``, by the shared seed policy."""
+    return (jax.random.PRNGKey(stream_seed(seed, "init")),
+            Streams(jax.random.PRNGKey(stream_seed(seed, "latents")), jax.random.PRNGKey(stream_seed(seed, "penalty"))))
 
 
 # ----------------------------------------------------------------------------- pure steps
@@ -152,9 +170,9 @@ def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tu
 def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One critic update on ``real`` against a fresh fake batch of the same size, then the AL step."""
     n = real.shape[0]
-    key, k_z = jax.random.split(state.key)
+    latents, k_z = jax.random.split(state.rng.latents)
     z = _shard(spec, jax.random.normal(k_z, (n, spec.model.latent_dim), jnp.float32))
-    fake, g_stats = _generate(spec, state.g_params, state.g_stats, z)
+    fake, g_stats = _generate(spec, state.gen, state.gen_stats, z)
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(params: Params) -> tuple[jax.Array, tuple[Any, ...]]:
@@ -163,34 +181,32 @@ def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Arra
 
         # One pass over real and fake together; VALP reuses these scores (no BatchNorm in the critic).
         scores = critic(jnp.concatenate([real, fake], axis=0))
-        f_real, f_fake = jnp.mean(scores[:n]), jnp.mean(scores[n:])
-        pen, stats, next_key, aux = spec.penalty(critic, real, fake, key, state.al, scores=scores)
-        return f_fake - f_real + pen, (f_real, f_fake, stats, next_key, aux)
+        loss, metrics, out = contract.critic_objective(spec.penalty, critic, real, fake, state.rng.penalty,
+                                                       state.penalty, scores)
+        return loss, (metrics, out)
 
-    (loss, (f_real, f_fake, stats, next_key, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.c_params)
-    c_params, c_opt = _adam_step(spec, grads, state.c_opt, state.c_params, lr)
-    al = spec.penalty.update(state.al, aux)
-    metrics = {"loss": loss, "wdist": f_real - f_fake, "f_real": f_real, "f_fake": f_fake, **stats}
-    if "al_mu" in stats:
-        metrics["al_mu"] = al.mu  # after this step's update: the value the checkpoint holds
-    new = state._replace(c_params=c_params, c_opt=c_opt, g_stats=g_stats, al=al, key=next_key)
-    return new, metrics
+    (_, (metrics, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
+    c_params, c_opt = _adam_step(spec, grads, state.opt_d, state.critic, lr)
+    mu = spec.penalty.update(state.penalty, out.constraint)
+    new = state._replace(critic=c_params, opt_d=c_opt, gen_stats=g_stats, penalty=mu,
+                         rng=Streams(latents, out.rng))
+    return new, contract.with_multiplier(metrics, mu)
 
 
 def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One generator update on -mean f(G(z)), then the EMA of weights and BatchNorm statistics."""
-    key, k_z = jax.random.split(state.key)
+    latents, k_z = jax.random.split(state.rng.latents)
     z = _shard(spec, jax.random.normal(k_z, (spec.gen_batch_size, spec.model.latent_dim), jnp.float32))
 
     def loss_fn(params: Params) -> tuple[jax.Array, Params]:
-        fake, g_stats = _generate(spec, params, state.g_stats, z)
-        return -jnp.mean(spec.critic.apply({"params": state.c_params}, fake)), g_stats
+        fake, g_stats = _generate(spec, params, state.gen_stats, z)
+        return contract.generator_objective(jnp, spec.critic.apply({"params": state.critic}, fake)), g_stats
 
-    (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.g_params)
-    g_params, g_opt = _adam_step(spec, grads, state.g_opt, state.g_params, lr)
+    (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.gen)
+    g_params, g_opt = _adam_step(spec, grads, state.opt_g, state.gen, lr)
     new = state._replace(
-        g_params=g_params, g_stats=g_stats, g_opt=g_opt, key=key,
-        ema_params=_ema(state.ema_params, g_params, spec.ema_decay),
+        gen=g_params, gen_stats=g_stats, opt_g=g_opt, rng=state.rng._replace(latents=latents),
+        ema=_ema(state.ema, g_params, spec.ema_decay),
         ema_stats=_ema(state.ema_stats, g_stats, spec.ema_decay))
     return new, {"loss": loss}
 
@@ -281,7 +297,7 @@ class JaxWGAN:
             self.spec = dataclasses.replace(self.spec, batch_sharding=batch)
             self._gen_spec = dataclasses.replace(self._gen_spec, batch_sharding=batch)
         with classic_threefry():
-            state = jax.device_put(_init_state(self._sample_spec, jax.random.PRNGKey(cfg.seed)), self.device)
+            state = jax.device_put(_init_state(self._sample_spec, *initial_keys(cfg.seed)), self.device)
         self.state = state if mesh is None else jd.replicate(jax.device_get(state), mesh)
         paths, self._treedef = jax.tree_util.tree_flatten_with_path(self.state)
         self._names = [_leaf_name(p) for p, _ in paths]
@@ -327,17 +343,16 @@ class JaxWGAN:
         # On this process's own device only: the loop calls it on the chief alone.
         zz = jnp.asarray(z, jnp.float32)
         zz = jax.device_put(zz, self.device) if self.device is not None else zz
-        ema = self._local((self.state.ema_params, self.state.ema_stats))
+        ema = self._local((self.state.ema, self.state.ema_stats))
         return to_uint8(np.asarray(_sample_images(self._sample_spec, ema[0], ema[1], zz)))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        # Copies (the device buffers are donated to the next step); scalars as shape (1,)
-        # because train.checkpoint's np.ascontiguousarray turns 0-d arrays into (1,) anyway.
+        # Copies: the device buffers are donated to the next step.
         leaves = jax.device_get(self._local(jax.tree_util.tree_leaves(self.state)))
-        return {name: np.atleast_1d(np.array(leaf, copy=True)) for name, leaf in zip(self._names, leaves, strict=True)}
+        return {name: np.array(leaf, copy=True) for name, leaf in zip(self._names, leaves, strict=True)}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
-        ckpt.validate_arrays(arrays, ckpt.array_spec(self.state_arrays()), context="jax trainer state")
+        arrays = ckpt.restore_arrays(arrays, self.state_arrays(), context="jax trainer state")
         leaves = [np.asarray(arrays[name]).reshape(shape) for name, shape in zip(self._names, self._shapes, strict=True)]
         if self.mesh is None:
             leaves = [jnp.asarray(leaf) for leaf in leaves]
@@ -347,6 +362,8 @@ class JaxWGAN:
         """Stop every process at the same iteration when any of them was signalled."""
         return jd.any_process(requested) if self.mesh is not None else requested
 
+
+TRAINER = JaxWGAN
 
 def build_jax_parser() -> argparse.ArgumentParser:
     """The shared command line plus the JAX data-parallel flags (they land in ``cfg.extra``)."""

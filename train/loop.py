@@ -31,6 +31,7 @@ from train.config import ConfigError, TrainConfig, build_parser, lr_at, parse_co
 from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
 from train.logs import MetricsWriter, TensorBoardWriter, save_image_grid
 from train.metrics import Evaluator, FeatureFn, InceptionFeatureExtractor, inception_available
+from train.seeds import numpy_stream
 
 log = logging.getLogger("valr.train")
 
@@ -178,9 +179,9 @@ def _every(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def _fixed_latents(cfg: TrainConfig, n: int, purpose: int, step: int = 0) -> np.ndarray:
+def _fixed_latents(cfg: TrainConfig, n: int, purpose: str, step: int = 0) -> np.ndarray:
     # Separate seeded streams, never the trainer's RNG, so sampling cannot perturb training.
-    return np.random.default_rng([cfg.seed, purpose, step]).standard_normal((n, cfg.z_dim)).astype(np.float32)
+    return numpy_stream(cfg.seed, purpose, step).standard_normal((n, cfg.z_dim)).astype(np.float32)
 
 
 def _check_images(images: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
@@ -230,6 +231,9 @@ class TrainingLoop:
         self.ckpt_dir = self.out / CHECKPOINT_DIR
         self.manager = ckpt.CheckpointManager(self.ckpt_dir, keep=cfg.keep_checkpoints)
         self.data = data if data is not None else load_dataset(cfg.data, cfg.data_path, download=cfg.download)
+        if cfg.batch_size > len(self.data):
+            raise ConfigError(f"--batch-size must be at most the dataset's size ({len(self.data)} images in "
+                              f"--data {cfg.data}), got {cfg.batch_size}")
         self.batches = BatchIterator(self.data, cfg.batch_size, seed=cfg.effective_data_seed,
                                      flip=cfg.flip, dequantize=cfg.dequantize)
         self.feature_fn = feature_fn
@@ -381,7 +385,7 @@ class TrainingLoop:
         evaluator = self._evaluator_or_none()
         if evaluator is None:
             return {}
-        z = _fixed_latents(self.cfg, n, purpose=2, step=self.step)
+        z = _fixed_latents(self.cfg, n, "eval", step=self.step)
         bs = self.cfg.gen_batch_size
         images = np.concatenate([_check_images(self.trainer.sample(z[i:i + bs]), len(z[i:i + bs]), self.cfg)
                                  for i in range(0, n, bs)])
@@ -405,7 +409,7 @@ class TrainingLoop:
             self.out.mkdir(parents=True, exist_ok=True)
             with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
                 json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
-        self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, purpose=1)
+        self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, "sample_grid")
         resumed = found is not None
         self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None) \
             if self.is_chief else None

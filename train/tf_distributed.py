@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from train.config import ConfigError
-from train.tf_penalties import import_tensorflow_quietly
+from train.tf_quiet import import_tensorflow_quietly
 
 import_tensorflow_quietly()
 import tensorflow as tf  # noqa: E402

@@ -2,7 +2,7 @@
 
 Implements :class:`train.loop.Trainer` for the reference setup (SPEC "The reference training
 setup"): the Keras ResNet generator/critic of ``models.tf_resnet``, critic loss
-E f(G(z)) - E f(x) + penalty (``train.tf_penalties``, one code path for every penalty), generator
+E f(G(z)) - E f(x) + penalty (``train.contract``, ``train.penalties``), generator
 loss -E f(G(z)), Adam(beta1, beta2) with the loop's linear lr decay, an EMA of all generator
 weights (BatchNorm statistics included) for sampling, and the AL multiplier updated after every
 critic step. Both steps are ``tf.function`` graphs with the lr fed as a tensor, so they trace once;
@@ -35,18 +35,21 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-from train.tf_penalties import import_tensorflow_quietly  # noqa: E402
+from train.tf_quiet import import_tensorflow_quietly  # noqa: E402
 
 import_tensorflow_quietly()  # before Keras/TF: keeps TF's start-up notices out of the logs
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
+import tensorflow.experimental.numpy as tnp  # noqa: E402
 
 from models import tf_resnet  # noqa: E402
 from models.spec import ResNetConfig, is_stat, param_table  # noqa: E402
 from train import checkpoint as ckpt  # noqa: E402
-from train import loop, tf_distributed, tf_penalties  # noqa: E402
+from train import contract, loop, tf_distributed  # noqa: E402
 from train.config import ConfigError, TrainConfig, build_parser, lr_at  # noqa: E402
 from train.data import to_uint8  # noqa: E402
+from train.penalties import penalty_from_config, reductions_for  # noqa: E402
+from train.seeds import stream_seed  # noqa: E402
 from valr_core import ALState  # noqa: E402
 
 FRAMEWORK = "tf"
@@ -127,7 +130,7 @@ class TfWGAN:
         self.cfg = cfg
         self.strategy = strategy
         self.device = None if strategy is not None else _device_name(cfg.device)
-        self.penalty = tf_penalties.penalty_from_config(cfg)
+        self.penalty = penalty_from_config(cfg, FRAMEWORK)
         self.replicas = 1 if strategy is None else tf_distributed.check_divisible(
             strategy, batch_size=cfg.batch_size, gen_batch_size=cfg.gen_batch_size)
         # Only the chief writes checkpoints, logs and samples (train.loop reads this).
@@ -138,8 +141,8 @@ class TfWGAN:
             self.gen = tf_resnet.build_generator(rc)
             self.critic = tf_resnet.build_critic(rc)
             self.gen_ema = tf_resnet.build_generator(rc)
-            _seeded_init(self.gen, cfg.seed)
-            _seeded_init(self.critic, cfg.seed)
+            _seeded_init(self.gen, stream_seed(cfg.seed, "init"))
+            _seeded_init(self.critic, stream_seed(cfg.seed, "init"))
             self.g_vars, self.d_vars = named_variables(self.gen), named_variables(self.critic)
             self.ema_vars = named_variables(self.gen_ema)
             for k, v in self.ema_vars.items():
@@ -148,7 +151,7 @@ class TfWGAN:
                          "critic": {k: v for k, v in self.d_vars.items() if not is_stat(k)}}
             self.opt_g = Adam(trainable["gen"], cfg.beta1, cfg.beta2)
             self.opt_d = Adam(trainable["critic"], cfg.beta1, cfg.beta2)
-            self.mu = tf.Variable(self.penalty.init_state().mu, trainable=False)
+            self.mu = tf.Variable(self.penalty.init_state(tf.zeros([])).mu, trainable=False)
         if strategy is not None:
             # Batch statistics of the global batch: what one process computes.
             for layer in self.gen._flatten_layers(include_self=False):
@@ -158,8 +161,8 @@ class TfWGAN:
         # Plain (not mirrored) variables: with a strategy they are only used in cross-replica
         # context, identically on every worker.
         with self._on_device(scoped=False):
-            self.rng_z = tf.random.Generator.from_seed(_derive_seed(cfg.seed, "latents"), alg="philox")
-            self.rng_pen = tf.random.Generator.from_seed(_derive_seed(cfg.seed, "penalty"), alg="philox")
+            self.rng_z = tf.random.Generator.from_seed(stream_seed(cfg.seed, "latents"), alg="philox")
+            self.rng_pen = tf.random.Generator.from_seed(stream_seed(cfg.seed, "penalty"), alg="philox")
         self._critic_keys: list[str] = []
         if strategy is None:
             self._critic_fn = tf.function(self._critic_step, autograph=False)
@@ -175,95 +178,74 @@ class TfWGAN:
         return tf.device(self.device) if self.device else contextlib.nullcontext()
 
     # -- graphs ------------------------------------------------------------------------------
+    # One critic step and one generator step, run directly on one device or by strategy.run on
+    # every replica; with R > 1 replicas each takes its share of the global loss and the
+    # gradients and statistics are reduced across replicas.
 
     def _critic_step(self, real: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         z = self.rng_z.normal([self.cfg.batch_size, self.cfg.z_dim])
-        fake = tf.stop_gradient(self.gen(z, training=True))
-        critic_vars = list(self.opt_d.variables.values())
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(critic_vars)
-            # One pass over both halves (the critic has no BatchNorm); VALP reuses these scores.
-            scores = self.critic(tf.concat([real, fake], axis=0), training=True)
-            f_real, f_fake = tf.split(scores, 2, axis=0)
-            wdist = tf.reduce_mean(f_real) - tf.reduce_mean(f_fake)
-            penalty, stats, _, aux = self.penalty(self.critic, real, fake, self.rng_pen, ALState(self.mu.read_value()),
-                                                  fx=scores)
-            loss = -wdist + penalty
-        grads = tape.gradient(loss, critic_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self.opt_d.apply(grads, lr)
-        # AL multiplier step with this step's constraint, after the optimiser step (SPEC).
-        self.mu.assign(self.penalty.update(ALState(self.mu.read_value()), aux).mu)
-        metrics = {"loss": loss, "wdist": wdist, **stats, "al_mu": self.mu.read_value()}
-        self._critic_keys = list(metrics)  # trace-time bookkeeping: the order of the stacked vector
-        return tf.stack([tf.cast(v, tf.float32) for v in metrics.values()])
-
-    def _generator_step(self, lr: tf.Tensor) -> tf.Tensor:
-        z = self.rng_z.normal([self.cfg.gen_batch_size, self.cfg.z_dim])
-        gen_vars = list(self.opt_g.variables.values())
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(gen_vars)
-            loss = -tf.reduce_mean(self.critic(self.gen(z, training=True), training=True))
-        grads = tape.gradient(loss, gen_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self.opt_g.apply(grads, lr)
-        d = self.cfg.ema_decay
-        for k, e in self.ema_vars.items():  # weights and BatchNorm statistics alike
-            e.assign(d * e + (1.0 - d) * self.g_vars[k])
-        return tf.reshape(loss, [1])
-
-    # -- distributed graphs (strategy.run over the replicas) ----------------------------------
+        return self._critic_update(real, z, self.rng_pen, lr)
 
     def _distributed_critic_step(self, real: tf.distribute.DistributedValues, lr: tf.Tensor) -> tf.Tensor:
         # Cross-replica context: the global batch's latents (the single-process draw) and one
         # penalty seed per step, both from the checkpointed generators.
         z = tf_distributed.distribute_batch(self.strategy, self.rng_z.normal([self.cfg.batch_size, self.cfg.z_dim]))
         seed = self.rng_pen.make_seeds(1)[:, 0] if self.penalty.name != "none" else tf.zeros([2], tf.int64)
-        out = self.strategy.run(self._replica_critic_step, args=(real, z, seed, lr))
+        out = self.strategy.run(lambda r, zz, s: self._critic_update(r, zz, tf_distributed.replica_stream(s), lr),
+                                args=(real, z, seed))
         return tf_distributed.local_result(self.strategy, out)
 
-    def _replica_critic_step(self, real: tf.Tensor, z: tf.Tensor, seed: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-        ctx = tf.distribute.get_replica_context()
-        how = self.penalty.reduce
+    def _critic_update(self, real: tf.Tensor, z: tf.Tensor, rng: object, lr: tf.Tensor) -> tf.Tensor:
+        replicas, how = self.replicas, self.penalty.reduction
         fake = tf.stop_gradient(self.gen(z, training=True))
         critic_vars = list(self.opt_d.variables.values())
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(critic_vars)
+            # One pass over both halves (the critic has no BatchNorm); VALP reuses these scores.
             scores = self.critic(tf.concat([real, fake], axis=0), training=True)
-            f_real, f_fake = tf.split(scores, 2, axis=0)
-            wdist = tf.reduce_mean(f_real) - tf.reduce_mean(f_fake)
-            penalty, stats, _, aux = self.penalty(self.critic, real, fake, tf_distributed.replica_stream(seed),
-                                                  ALState(self.mu.read_value()), fx=scores)
-            # This replica's share of the global loss: means over the global batch.
-            share = -wdist / self.replicas + penalty * tf_distributed.penalty_weight(penalty, how, self.replicas)
-        grads = tape.gradient(share, critic_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            loss, metrics, out = contract.critic_objective(
+                self.penalty, self.critic, real, fake, rng, ALState(self.mu.read_value()), scores,
+                wdist_weight=1.0 / replicas,
+                penalty_weight=1.0 if replicas == 1 else (lambda v: tf_distributed.penalty_weight(v, how, replicas)))
+        grads = tape.gradient(loss, critic_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        constraint = out.constraint
+        if replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            local = {**{k: v for k, v in metrics.items() if k != "loss"}, "constraint": constraint}
+            reduced = tf_distributed.cross_replica(local, reductions_for(local, how))
+            constraint = reduced.pop("constraint")
+            metrics = {"loss": reduced["penalty"] - reduced["wdist"], **reduced}
         self.opt_d.apply(grads, lr)  # identical on every replica: each updates its own copy
-        local = {"wdist": wdist, **{k: v for k, v in stats.items() if k != "al_mu"}}
-        if aux is not None:
-            local["__constraint"] = aux
-        reduced = tf_distributed.cross_replica(local, {k: tf_distributed.STAT_REDUCE.get(k, how) for k in local})
-        self.mu.assign(self.penalty.update(ALState(self.mu.read_value()), reduced.pop("__constraint", None)).mu)
-        metrics = {"loss": reduced["penalty"] - reduced["wdist"], "wdist": reduced["wdist"],
-                   **{k: reduced[k] for k in stats if k != "al_mu"}, "al_mu": self.mu.read_value()}
-        self._critic_keys = list(metrics)
+        # AL multiplier step with this step's constraint, after the optimiser step (SPEC).
+        self.mu.assign(self.penalty.update(ALState(self.mu.read_value()), constraint).mu)
+        metrics = contract.with_multiplier(metrics, ALState(self.mu.read_value()))
+        self._critic_keys = list(metrics)  # trace-time bookkeeping: the order of the stacked vector
         return tf.stack([tf.cast(v, tf.float32) for v in metrics.values()])
+
+    def _generator_step(self, lr: tf.Tensor) -> tf.Tensor:
+        return self._generator_update(self.rng_z.normal([self.cfg.gen_batch_size, self.cfg.z_dim]), lr)
 
     def _distributed_generator_step(self, lr: tf.Tensor) -> tf.Tensor:
         z = tf_distributed.distribute_batch(self.strategy, self.rng_z.normal([self.cfg.gen_batch_size, self.cfg.z_dim]))
-        return tf_distributed.local_result(self.strategy, self.strategy.run(self._replica_generator_step, args=(z, lr)))
+        out = self.strategy.run(lambda zz: self._generator_update(zz, lr), args=(z,))
+        return tf_distributed.local_result(self.strategy, out)
 
-    def _replica_generator_step(self, z: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
-        ctx = tf.distribute.get_replica_context()
+    def _generator_update(self, z: tf.Tensor, lr: tf.Tensor) -> tf.Tensor:
         gen_vars = list(self.opt_g.variables.values())
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(gen_vars)
-            loss = -tf.reduce_mean(self.critic(self.gen(z, training=True), training=True))
+            loss = contract.generator_objective(tnp, self.critic(self.gen(z, training=True), training=True))
             share = loss / self.replicas
         grads = tape.gradient(share, gen_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        self.opt_g.apply(ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads), lr)
+        if self.replicas > 1:
+            ctx = tf.distribute.get_replica_context()
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            loss = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss)
+        self.opt_g.apply(grads, lr)
         d = self.cfg.ema_decay
-        for k, e in self.ema_vars.items():
+        for k, e in self.ema_vars.items():  # weights and BatchNorm statistics alike
             e.assign(d * e + (1.0 - d) * self.g_vars[k])
-        return tf.reshape(ctx.all_reduce(tf.distribute.ReduceOp.MEAN, loss), [1])
+        return tf.reshape(loss, [1])
 
     # -- Trainer protocol --------------------------------------------------------------------
 
@@ -299,23 +281,22 @@ class TfWGAN:
             out.update({f"{prefix}/{k}": v for k, v in named.items()})
         out.update(self.opt_g.state("opt_g"))
         out.update(self.opt_d.state("opt_d"))
-        out["al_mu"] = self.mu
-        out["rng/latents"] = self.rng_z.state
-        out["rng/penalty"] = self.rng_pen.state
+        out[contract.MU_KEY] = self.mu
+        out[contract.RNG_LATENTS_KEY] = self.rng_z.state
+        out[contract.RNG_PENALTY_KEY] = self.rng_pen.state
         return out
 
     def state_arrays(self) -> dict[str, np.ndarray]:
-        # Scalars (mu, Adam's step) as 1-element vectors: checkpoint.save_checkpoint writes
-        # np.ascontiguousarray(arr), which turns a 0-d array into shape (1,).
-        return {k: np.array(v.numpy()).reshape(v.shape.as_list() or [1])
-                for k, v in self._state_variables().items()}
+        return {k: np.array(v.numpy()) for k, v in self._state_variables().items()}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         variables = self._state_variables()
-        ckpt.validate_arrays(arrays, ckpt.array_spec(self.state_arrays()), context="tf trainer state")
+        arrays = ckpt.restore_arrays(arrays, self.state_arrays(), context="tf trainer state")
         for k, v in variables.items():
             v.assign(np.reshape(arrays[k], v.shape.as_list()))
 
+
+TRAINER = TfWGAN
 
 def build_tf_parser():
     """The shared command line plus the TF trainer's distribution flags (they land in cfg.extra)."""

@@ -22,7 +22,7 @@ Semantics (each replica holds ``batch_size / world_size`` of the global batch):
   batch, differentiable all-reduce; works with gloo on CPU, where ``nn.SyncBatchNorm`` does
   not), so a distributed step equals the single-process step on the same global batch and the
   running statistics stay identical on every replica.
-* Penalty randomness: replica ``r`` has its own stream (:func:`penalty_seed`; replica 0 keeps the
+* Penalty randomness: replica ``r`` has its own stream (``train.seeds.stream_seed(seed, "penalty", r)``; replica 0 keeps the
   single-process seed), so replicas draw different VALP directions / GP interpolates.
 * Penalty reduction: ``mean`` needs nothing (DDP averages); ``sum`` scales the local penalty by
   ``world_size``; ``max`` keeps only the replica holding the global maximum (times
@@ -54,7 +54,6 @@ log = logging.getLogger("valr.train")
 
 BACKENDS = ("auto", "nccl", "gloo")
 MAX_KEYS = frozenset({"violation_max", "quotient_max"})  # statistics reduced with max, not mean
-_PENALTY_SEED = 2  # must equal train.torch_wgan._PENALTY_SEED (replica 0 = the single-process stream)
 
 
 @dataclass(frozen=True)
@@ -124,13 +123,6 @@ def init_from_env(device: str = "auto", backend: str = "auto") -> DistContext | 
 def _destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def penalty_seed(seed: int, rank: int) -> int:
-    """Seed of replica ``rank``'s penalty stream; rank 0 is the single-process stream."""
-    if rank == 0:
-        return seed * 1000 + _PENALTY_SEED
-    return int(np.random.SeedSequence([seed, _PENALTY_SEED, rank]).generate_state(1, np.uint64)[0])
 
 
 def shard_rows(n: int, ctx: DistContext, flag: str) -> slice:

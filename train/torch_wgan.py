@@ -1,15 +1,16 @@
 """PyTorch WGAN trainer (SPEC "The reference training setup"): ``python -m train.torch_wgan``.
 
 Implements :class:`train.loop.Trainer`; the shared loop does data, schedule, logs, checkpoints
-and resume. Per critic step: fakes from the generator (train-mode BatchNorm, no grad), one critic
-pass on cat([real, fake]), loss ``E f(fake) - E f(real) + penalty`` (see train.torch_penalties),
-Adam step, then the AL multiplier update. Per generator step: ``-E f(G(z))`` on
-``gen_batch_size`` latents, Adam step, then an EMA of all generator weights *and* BatchNorm
-running statistics, which ``sample`` uses in eval mode.
+and resume, and :mod:`train.contract` the objectives, metric names and checkpoint keys. This
+file holds what torch forces: autograd and ``.backward()``, Adam, devices and DDP. Per critic
+step: fakes from the generator (train-mode BatchNorm, no grad), one critic pass on
+cat([real, fake]), ``train.contract.critic_objective``, Adam step, then the AL multiplier
+update. Per generator step: ``-E f(G(z))``, Adam step, then an EMA of all generator weights
+*and* BatchNorm running statistics, which ``sample`` uses in eval mode.
 
-Randomness: two explicit ``torch.Generator`` streams (latents; penalty draws), so switching the
-penalty never changes the latents; model init uses a forked, seeded global RNG, leaving the
-caller's global state untouched. On CPU, a resumed run matches an uninterrupted one bit for bit.
+Randomness (:mod:`train.seeds`): ``torch.Generator`` streams for latents and penalty draws, and
+a forked, seeded global RNG for init (leaving the caller's global state untouched). On CPU, a
+resumed run matches an uninterrupted one bit for bit.
 
 Data-parallel (DistributedDataParallel under ``torchrun``): see :mod:`train.torch_distributed`.
 """
@@ -31,9 +32,12 @@ from torch import nn
 from models.spec import ResNetConfig
 from models.torch_resnet import Critic, Generator
 from train import checkpoint as ckpt
+from train import contract
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
 from train.loop import main
+from train.penalties import Penalty, penalty_from_config, reductions_for
+from train.seeds import stream_seed
 from train.torch_distributed import (
     DistContext,
     all_reduce_stats,
@@ -43,15 +47,13 @@ from train.torch_distributed import (
     gather_rng_states,
     init_from_env,
     max_owner_scale,
-    penalty_seed,
     shard_rows,
 )
-from train.torch_penalties import Penalty, penalty_from_config
+from valr_core import ALState
 
 log = logging.getLogger("valr.train")
 
 FRAMEWORK = "torch"
-_Z_SEED = 1  # offset from cfg.seed * 1000 of the latent stream (penalty: torch_distributed.penalty_seed)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -76,7 +78,7 @@ def _build_models(cfg: TrainConfig, device: torch.device) -> tuple[Generator, Cr
                        critic_channels=cfg.critic_channels, image_size=cfg.image_size)
     # nn.init draws from the global RNG: fork it so init is seeded and the caller's state kept.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(stream_seed(cfg.seed, "init"))
         gen, critic = Generator(net), Critic(net)  # built on CPU: identical init on every device
     # NHWC activations: ~30% faster convolutions on CPU (oneDNN), tensor-core friendly on CUDA.
     fmt = torch.channels_last
@@ -127,12 +129,11 @@ class TorchWGAN:
         self._dtype = next(self.critic.parameters()).dtype
         self.opt_g = _adam(self.gen, cfg.lr_g, cfg, self.device)
         self.opt_d = _adam(self.critic, cfg.lr_d, cfg, self.device)
-        self.penalty: Penalty = penalty_from_config(cfg)
-        self.rng_z = _seeded_generator(cfg.seed * 1000 + _Z_SEED, self.device)
-        self.rng_penalty = _seeded_generator(penalty_seed(cfg.seed, self.rank), self.device)
-        # The multiplier lives on the device as a 0-dim tensor; 0 for penalties without AL.
-        mu_like = torch.zeros((1,), device=self.device)
-        self.al_state = self.penalty.init_state(mu_like)
+        self.penalty: Penalty = penalty_from_config(cfg, FRAMEWORK)
+        self.rng_z = _seeded_generator(stream_seed(cfg.seed, "latents"), self.device)
+        self.rng_penalty = _seeded_generator(stream_seed(cfg.seed, "penalty", self.rank), self.device)
+        # The multiplier lives on the device as a 0-dim float32 tensor (0 and unused without AL).
+        self.al_state = self.penalty.init_state(torch.zeros((), device=self.device))
         # *_train: the modules whose backward syncs gradients (DDP-wrapped when distributed);
         # *_plain: the same parameters without DDP, for the penalty's extra passes and for
         # passes without parameter gradients. One object in a single process.
@@ -204,28 +205,23 @@ class TorchWGAN:
         # One pass on both halves (the critic has no normalisation); VALP reuses the outputs.
         # Under DDP this is the one forward through the wrapper; the penalty's extra passes use
         # the inner module and backward runs once, so each gradient is all-reduced once.
-        fx = self._critic_train(torch.cat([real_t, fake]))
-        f = fx.reshape(-1)
-        wdist = f[:n].mean() - f[n:].mean()
-        pen, stats, self.rng_penalty, aux = self.penalty(self._critic_plain, real_t, fake,
-                                                          self.rng_penalty, self.al_state, fx=fx)
-        if self.dist is not None:
-            pen = pen * self._penalty_scale(pen)
-        loss = -wdist + pen
+        scores = self._critic_train(torch.cat([real_t, fake])).reshape(2 * n, -1)
+        weight = 1.0 if self.dist is None else self._penalty_scale
+        loss, out, pen = contract.critic_objective(self.penalty, self._critic_plain, real_t, fake,
+                                                   self.rng_penalty, self.al_state, scores, penalty_weight=weight)
+        self.rng_penalty = pen.rng
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
-        out = {"loss": loss, "wdist": wdist, **stats}
+        constraint = pen.constraint
         if self.dist is not None:
-            out, aux = self._reduce_critic_stats(out, aux)
+            out, constraint = self._reduce_critic_stats(out, constraint)
         self.opt_d.step()
-        self.al_state = self.penalty.update(self.al_state, aux)
-        if self.al_state is not None:
-            out["al_mu"] = torch.as_tensor(self.al_state.mu)  # after this step's update
-        return _metrics(out)
+        self.al_state = self.penalty.update(self.al_state, constraint)
+        return _metrics(contract.with_multiplier(out, self.al_state))
 
     def _penalty_scale(self, pen: torch.Tensor) -> torch.Tensor | float:
         """Makes DDP's gradient average that of the penalty's reduction over the global batch."""
-        how = self.cfg.penalty_reduce
+        how = self.penalty.reduction
         if how == "sum":
             return float(self.world_size)
         if how == "max":
@@ -234,20 +230,18 @@ class TorchWGAN:
         return 1.0
 
     def _reduce_critic_stats(self, out: dict[str, torch.Tensor],
-                             aux: torch.Tensor | None) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        """Replica averages (maxima for *_max; the reduction's own rule for ``penalty`` and the
-        AL constraint), with ``loss`` recomputed from the global parts. Two collectives."""
-        how = self.cfg.penalty_reduce
+                             constraint: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Replica means, maxima and sums as ``train.penalties.replica_reduction`` says, with
+        ``loss`` recomputed from the global parts. Two collectives."""
         values = {k: v for k, v in out.items() if k != "loss"}
-        if aux is not None:
-            values["_constraint"] = aux
-        max_keys = {"violation_max", "quotient_max"} | ({"penalty", "_constraint"} if how == "max" else set())
-        sum_keys = {"penalty", "_constraint"} if how == "sum" else set()
-        red = all_reduce_stats(values, self.world_size, sum_keys=frozenset(sum_keys), max_keys=frozenset(max_keys))
-        if aux is not None:
-            aux = red.pop("_constraint").to(aux.dtype)
-        red["loss"] = -red["wdist"] + red["penalty"]
-        return {k: red[k] for k in out}, aux
+        values["constraint"] = constraint
+        how = reductions_for(values, self.penalty.reduction)
+        red = all_reduce_stats(values, self.world_size,
+                               sum_keys=frozenset(k for k, v in how.items() if v == "sum"),
+                               max_keys=frozenset(k for k, v in how.items() if v == "max"))
+        constraint = red.pop("constraint").to(constraint.dtype)
+        red["loss"] = red["penalty"] - red["wdist"]
+        return {k: red[k] for k in out}, constraint
 
     def generator_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
@@ -257,7 +251,7 @@ class TorchWGAN:
             z = z[self._gen_rows]
         self.critic.requires_grad_(False)  # no critic weight gradients in the generator pass
         try:
-            loss = -self._critic_plain(self._gen_train(z)).mean()
+            loss = contract.generator_objective(torch, self._critic_plain(self._gen_train(z)))
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -294,10 +288,10 @@ class TorchWGAN:
         for name, p in module.named_parameters():
             st = opt.state.get(p, {})
             # Before the first step Adam has no state; zeros with step 0 are equivalent.
-            out[f"{prefix}/{name}/step"] = np.asarray(float(st["step"]) if "step" in st else 0.0, np.float32)
+            out[f"{prefix}/{name}/step"] = contract.scalar_state(float(st["step"]) if "step" in st else 0.0)
             for slot in ("exp_avg", "exp_avg_sq"):
                 t = st.get(slot)
-                out[f"{prefix}/{name}/{slot}"] = (t.detach().cpu().numpy() if t is not None
+                out[f"{prefix}/{name}/{slot}"] = (t.detach().cpu().numpy().copy() if t is not None
                                                   else np.zeros(tuple(p.shape), np.float32))
         return out
 
@@ -305,7 +299,7 @@ class TorchWGAN:
                         arrays: Mapping[str, np.ndarray]) -> None:
         state = {}
         for i, (name, _) in enumerate(module.named_parameters()):
-            state[i] = {"step": torch.tensor(float(arrays[f"{prefix}/{name}/step"][0]), dtype=torch.float32),
+            state[i] = {"step": torch.tensor(float(arrays[f"{prefix}/{name}/step"]), dtype=torch.float32),
                         **{slot: torch.from_numpy(np.array(arrays[f"{prefix}/{name}/{slot}"]))
                            for slot in ("exp_avg", "exp_avg_sq")}}
         sd = opt.state_dict()
@@ -321,24 +315,22 @@ class TorchWGAN:
     def _local_state_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         for prefix, module in (("gen", self.gen), ("critic", self.critic), ("ema", self.ema)):
-            out.update({f"{prefix}/{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()})
+            out.update({f"{prefix}/{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()})
         out.update(self._optimizer_arrays("opt_g", self.opt_g, self.gen))
         out.update(self._optimizer_arrays("opt_d", self.opt_d, self.critic))
-        mu = 0.0 if self.al_state is None else self.al_state.mu
-        out["penalty/mu"] = np.asarray(torch.as_tensor(mu).detach().cpu(), dtype=np.float32)
-        out["rng/z"] = self.rng_z.get_state().numpy().copy()
-        out["rng/penalty"] = self.rng_penalty.get_state().numpy().copy()
-        # Scalars as shape (1,): train.checkpoint's writer once turned 0-d arrays into (1,)
-        # (np.ascontiguousarray), so this layout loads from checkpoints of either version.
-        return {k: np.atleast_1d(v) for k, v in out.items()}
+        out[contract.MU_KEY] = contract.scalar_state(self.al_state.mu.detach().cpu())
+        out[contract.RNG_LATENTS_KEY] = self.rng_z.get_state().numpy().copy()
+        out[contract.RNG_PENALTY_KEY] = self.rng_penalty.get_state().numpy().copy()
+        return out
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         arrays = dict(arrays)
         replica_rngs = arrays.pop(_REPLICA_RNG_KEY, None)  # written by distributed runs only
-        expected = ckpt.array_spec(self._local_state_arrays())
+        live = self._local_state_arrays()
         for key in _RNG_KEYS:  # their size depends on the device type; checked in _load_rng
-            expected[key] = ((np.shape(arrays[key]) if key in arrays else expected[key][0]), expected[key][1])
-        ckpt.validate_arrays(arrays, expected, context="torch trainer state")
+            if key in arrays:
+                live[key] = np.asarray(arrays[key], live[key].dtype)
+        arrays = ckpt.restore_arrays(arrays, live, context="torch trainer state")
         with torch.no_grad():
             for prefix, module in (("gen", self.gen), ("critic", self.critic), ("ema", self.ema)):
                 sd = {k: torch.from_numpy(np.array(arrays[f"{prefix}/{k}"]).reshape(v.shape))
@@ -346,15 +338,13 @@ class TorchWGAN:
                 module.load_state_dict(sd)
         self._load_optimizer("opt_g", self.opt_g, self.gen, arrays)
         self._load_optimizer("opt_d", self.opt_d, self.critic, arrays)
-        if self.al_state is not None:
-            self.al_state = type(self.al_state)(
-                torch.tensor(float(arrays["penalty/mu"][0]), dtype=torch.float32, device=self.device))
-        _load_rng(self.rng_z, arrays["rng/z"], "rng/z")
-        self._load_penalty_rng(arrays["rng/penalty"], replica_rngs)
+        self.al_state = ALState(torch.tensor(float(arrays[contract.MU_KEY]), dtype=torch.float32, device=self.device))
+        _load_rng(self.rng_z, arrays[contract.RNG_LATENTS_KEY], contract.RNG_LATENTS_KEY)
+        self._load_penalty_rng(arrays[contract.RNG_PENALTY_KEY], replica_rngs)
 
     def _load_penalty_rng(self, rank0: np.ndarray, replicas: np.ndarray | None) -> None:
         if self.rank == 0:
-            _load_rng(self.rng_penalty, rank0, "rng/penalty")
+            _load_rng(self.rng_penalty, rank0, contract.RNG_PENALTY_KEY)
         elif replicas is not None and replicas.ndim == 2 and replicas.shape[0] == self.world_size:
             _load_rng(self.rng_penalty, replicas[self.rank], f"{_REPLICA_RNG_KEY}[{self.rank}]")
         else:
@@ -364,7 +354,7 @@ class TorchWGAN:
                         self.rank, self.world_size)
 
 
-_RNG_KEYS = ("rng/z", "rng/penalty")
+_RNG_KEYS = (contract.RNG_LATENTS_KEY, contract.RNG_PENALTY_KEY)
 _REPLICA_RNG_KEY = "rng/penalty_replicas"  # (world_size, state bytes): every replica's penalty stream
 
 
@@ -395,6 +385,8 @@ def make_trainer(cfg: TrainConfig) -> TorchWGAN:
         log.setLevel(logging.WARNING)
     return TorchWGAN(cfg, dist=ctx)
 
+
+TRAINER = TorchWGAN
 
 def build_torch_parser() -> argparse.ArgumentParser:
     """The shared command line plus torch-only flags (they land in cfg.extra)."""
