@@ -542,8 +542,9 @@ def test_presets_follow_spec() -> None:
     assert (p.steps, p.n_critic, p.batch_size, p.gen_batch_size) == (200_000, 5, 64, 128)
     assert (p.lr_g, p.lr_d, p.beta1, p.beta2, p.lr_decay) == (2e-4, 2e-4, 0.0, 0.9, "linear")
     assert (p.gen_channels, p.critic_channels, p.z_dim, p.data) == (256, 128, 128, "cifar10")
-    assert (p.penalty, p.penalty_mode, p.rho, p.eval_every, p.eval_samples, p.final_eval_samples) == (
+    assert (p.penalty, p.penalty_settings()["mode"], p.rho, p.eval_every, p.eval_samples, p.final_eval_samples) == (
         "valp", "al", 0.01, 1000, 10_000, 50_000)
+    assert (p.fraction, p.clip) == (1.0, (-1.0, 1.0))  # the paper's headline: both batches, clipped
     s = preset_config("smoke").validate()
     assert s.data == "digits" and s.steps * s.n_critic <= 300 and s.gen_channels <= 32
     assert TrainConfig.from_dict(s.to_dict()) == s
@@ -553,7 +554,7 @@ def test_presets_follow_spec() -> None:
 def test_cli_flags_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = parse_config(["--preset", "smoke", "--penalty", "gp", "--lr", "1e-3", "--valp-fraction", "1",
                         "--no-flip", "--resume", "--steps", "7"], framework="jax")
-    assert (cfg.penalty, cfg.lr_g, cfg.lr_d, cfg.valp_fraction, cfg.flip, cfg.resume, cfg.steps, cfg.framework) == (
+    assert (cfg.penalty, cfg.lr_g, cfg.lr_d, cfg.fraction, cfg.flip, cfg.resume, cfg.steps, cfg.framework) == (
         "gp", 1e-3, 1e-3, 1.0, False, "auto", 7, "jax")
     for argv, flag_name in ((["--valp-fraction", "1.5"], "--valp-fraction"), (["--steps", "0"], "--steps"),
                             (["--data", "folder"], "--data-path"), (["--device", "npu"], "--device"),
@@ -566,8 +567,8 @@ def test_cli_flags_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     parser.add_argument("--my-trainer-flag", type=int, default=None)
     cfg = config_from_args(parser.parse_args(["--my-trainer-flag", "3"]), "torch")
     assert cfg.extra == {"my_trainer_flag": 3}
-    with pytest.raises(ConfigError, match="--valp-eps-max"):
-        preset_config("smoke", valp_eps_min=5.0, valp_eps_max=1.0).validate()
+    with pytest.raises(ConfigError, match="--valp-eps-min"):
+        preset_config("smoke", eps_min=5.0, eps_max=1.0).validate()
 
 
 # ============================================================================ loop

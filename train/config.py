@@ -248,6 +248,18 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> No
     parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
 
 
+_INTERVAL_HELP = {
+    "log_every": "generator iterations between log rows (0: off)",
+    "sample_every": "generator iterations between sample grids (0: off)",
+    "checkpoint_every": "generator iterations between checkpoints (0: only at the end)",
+    "eval_every": "generator iterations between IS/FID/KID evaluations (0: off)",
+    "keep_checkpoints": "checkpoints kept on disk",
+    "eval_samples": "samples per evaluation",
+    "final_eval_samples": "samples of the final evaluation",
+    "n_sample_grid": "images in each sample grid",
+}
+
+
 def build_parser(framework: str = "", description: str | None = None) -> argparse.ArgumentParser:
     """The command line shared by all trainers. Unset flags (None) keep the preset's value."""
     p = argparse.ArgumentParser(
@@ -261,35 +273,35 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from the latest checkpoint in --out (or from the given checkpoint file/dir)")
     g.add_argument("--device", default=None, help="auto, cpu, cuda[:N], gpu[:N], tpu[:N]")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None, help="the run's seed; every random stream derives from it (train.seeds)")
     g.add_argument("--data-seed", type=int, default=None, help="seed of the data order/augmentation stream")
     g.add_argument("--steps", type=int, default=None, help="generator iterations")
     _bool_flag(g, "progress", "tqdm progress bar")
     _bool_flag(g, "tensorboard", "write TensorBoard event files")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=DATASETS, default=None)
+    g.add_argument("--data", choices=DATASETS, default=None, help="dataset")
     g.add_argument("--data-path", default=None, help="CIFAR-10 archive/folder (or env VALR_CIFAR10) or image folder")
     _bool_flag(g, "download", "download CIFAR-10 when missing and reachable")
     _bool_flag(g, "flip", "random horizontal flips")
     _bool_flag(g, "dequantize", "uniform dequantisation noise")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--n-critic", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--gen-batch-size", type=int, default=None)
+    g.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step")
+    g.add_argument("--batch-size", type=int, default=None, help="real (and fake) samples per critic step")
+    g.add_argument("--gen-batch-size", type=int, default=None, help="latents per generator step")
     g.add_argument("--lr", type=float, default=None, help="sets both --lr-g and --lr-d")
-    g.add_argument("--lr-g", type=float, default=None)
-    g.add_argument("--lr-d", type=float, default=None)
-    g.add_argument("--beta1", type=float, default=None)
-    g.add_argument("--beta2", type=float, default=None)
-    g.add_argument("--lr-decay", choices=LR_DECAYS, default=None)
-    g.add_argument("--ema-decay", type=float, default=None)
+    g.add_argument("--lr-g", type=float, default=None, help="generator Adam learning rate")
+    g.add_argument("--lr-d", type=float, default=None, help="critic Adam learning rate")
+    g.add_argument("--beta1", type=float, default=None, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=None, help="Adam beta2")
+    g.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help="learning-rate schedule")
+    g.add_argument("--ema-decay", type=float, default=None, help="decay of the generator weights' EMA used for samples")
 
     g = p.add_argument_group("model")
-    g.add_argument("--z-dim", type=int, default=None)
-    g.add_argument("--gen-channels", type=int, default=None)
-    g.add_argument("--critic-channels", type=int, default=None)
+    g.add_argument("--z-dim", type=int, default=None, help="latent size")
+    g.add_argument("--gen-channels", type=int, default=None, help="generator width")
+    g.add_argument("--critic-channels", type=int, default=None, help="critic width")
 
     g = p.add_argument_group("penalty (valr_core's settings; defaults: the paper preset's)")
     g.add_argument("--penalty", choices=PENALTIES, default=None, help="which Lipschitz penalty")
@@ -306,7 +318,7 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g = p.add_argument_group("logging and evaluation")
     for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "keep_checkpoints",
                  "eval_samples", "final_eval_samples", "n_sample_grid"):
-        g.add_argument(flag(name), dest=name, type=int, default=None)
+        g.add_argument(flag(name), dest=name, type=int, default=None, help=_INTERVAL_HELP[name])
     g.add_argument("--inception-weights", default=None, help="InceptionV3 weights (or env VALR_INCEPTION_WEIGHTS)")
     g.add_argument("--skip-nonfinite", dest="skip_nonfinite", type=int, default=None,
                    help="on a NaN/Inf loss, roll back to the last checkpoint and skip the batches since, at most N times "

@@ -175,6 +175,12 @@ def _check_finite(metrics: Mapping[str, Any], where: str, step: int, last_ckpt: 
     return out
 
 
+def check_batch_fits(cfg: TrainConfig, data: np.ndarray) -> None:
+    if cfg.batch_size > len(data):
+        raise ConfigError(f"--batch-size must be at most the dataset's size ({len(data)} images in "
+                          f"--data {cfg.data}), got {cfg.batch_size}")
+
+
 def _every(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
@@ -231,9 +237,7 @@ class TrainingLoop:
         self.ckpt_dir = self.out / CHECKPOINT_DIR
         self.manager = ckpt.CheckpointManager(self.ckpt_dir, keep=cfg.keep_checkpoints)
         self.data = data if data is not None else load_dataset(cfg.data, cfg.data_path, download=cfg.download)
-        if cfg.batch_size > len(self.data):
-            raise ConfigError(f"--batch-size must be at most the dataset's size ({len(self.data)} images in "
-                              f"--data {cfg.data}), got {cfg.batch_size}")
+        check_batch_fits(cfg, self.data)
         self.batches = BatchIterator(self.data, cfg.batch_size, seed=cfg.effective_data_seed,
                                      flip=cfg.flip, dequantize=cfg.dequantize)
         self.feature_fn = feature_fn
@@ -547,6 +551,7 @@ def main(
     _setup_logging()
     try:
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
+        check_batch_fits(cfg, data)  # before building models: fail in seconds, not minutes
         trainer = make_trainer(cfg)
         result = run_training(trainer, cfg, data=data)
     except NonFiniteError as e:
