@@ -198,6 +198,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     raw = arrays.pop(METADATA_KEY, None)
     if raw is None:
         raise CheckpointError(f"checkpoint {p} has no metadata member {METADATA_KEY!r}; not a valr checkpoint")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"checkpoint {p} metadata member {METADATA_KEY!r} is {raw.dtype} {raw.shape}, "
+                              "expected 1-D uint8 (UTF-8 JSON)")
     try:
         metadata = array_to_json(raw)
     except (ValueError, TypeError, OverflowError, RecursionError) as e:
@@ -242,7 +245,10 @@ def is_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> bool
             if info.file_size > 1 << 26:
                 return False
             with zf.open(info) as member:
-                meta = array_to_json(np.lib.format.read_array(member, allow_pickle=False))
+                raw = np.lib.format.read_array(member, allow_pickle=False)
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                return False
+            meta = array_to_json(raw)
     except (*_READ_ERRORS, TypeError, RecursionError):
         return False
     return (isinstance(meta, dict) and meta.get("format_version") == FORMAT_VERSION
