@@ -744,3 +744,23 @@ def test_fuzz_cifar_archive_member_types(fuzz_dir: Path, cifar_fuzz_base: dict, 
     if set(kinds) != {"file"}:
         with pytest.raises(tdata.DataError):
             tdata.load_cifar10(path, checksums=None, download=False)
+
+
+# ============================================================================ frameworks
+
+
+@pytest.mark.framework("torch")
+def test_torch_valp_under_inference_mode_says_why() -> None:
+    torch = pytest.importorskip("torch")
+    from valr_core import VALP
+
+    valp = VALP(backend="torch")
+    critic = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(6, 4)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"outside torch\.inference_mode\(\)"):
+        valp.loss(critic, x, torch.Generator().manual_seed(0))
+    record("bad inputs")
+    # Outside it (no_grad included) the penalty works.
+    with torch.no_grad():
+        loss, _ = valp.loss(critic, x, torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
