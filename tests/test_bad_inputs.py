@@ -67,14 +67,14 @@ def _one_thread() -> Iterator[None]:
 # ============================================================================ helpers
 
 
-def _cli(runner: str) -> Callable[[Sequence[str]], int]:
-    """argv -> exit status of that trainer's command line, run in this process."""
+def _cli(runner: str, wrap: Callable | None = None) -> Callable[[Sequence[str]], int]:
+    """argv -> exit status of that trainer's command line, run in this process; ``wrap``
+    decorates the trainer factory (to inject faults)."""
+    wrap = wrap or (lambda make: make)
     if runner == "numpy":
-        return functools.partial(loop.main, "numpy", ToyTrainer)
+        return functools.partial(loop.main, "numpy", wrap(ToyTrainer))
     mod = importlib.import_module(f"train.{runner}_wgan")
-    if getattr(mod, "main", loop.main) is loop.main:  # torch: `main` is the loop's entry itself
-        return lambda argv: loop.main(runner, mod.make_trainer, argv, parser=getattr(mod, f"build_{runner}_parser")())
-    return mod.main
+    return functools.partial(loop.main, runner, wrap(mod.make_trainer), parser=getattr(mod, f"build_{runner}_parser")())
 
 
 def _argv(out: Path | str, *extra: str, steps: int = 2) -> list[str]:
@@ -83,9 +83,10 @@ def _argv(out: Path | str, *extra: str, steps: int = 2) -> list[str]:
             "--no-progress", "--no-tensorboard", *extra]
 
 
-def _run(runner: str, argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def _run(runner: str, argv: Sequence[str], capsys: pytest.CaptureFixture[str],
+         wrap: Callable | None = None) -> tuple[int, str]:
     capsys.readouterr()
-    code = _cli(runner)(list(argv))
+    code = _cli(runner, wrap)(list(argv))
     return code, capsys.readouterr().err
 
 
@@ -296,17 +297,38 @@ def test_full_disk_while_checkpointing(runner: str, member: str, tmp_path: Path,
     assert ckpt.load_latest(out / "checkpoints").step == 3
 
 
+def _poison_after_generator_steps(make: Callable) -> Callable:
+    """The trainer's first float state array turns NaN after every generator step, through the
+    Trainer protocol only: the losses of that iteration are finite, so the NaN is first seen
+    when the checkpoint after it is written (the audit hit this with --lr-g inf)."""
+
+    def make_poisoned(cfg: object) -> object:
+        trainer = make(cfg)
+        real_step = trainer.generator_step
+
+        def generator_step(step: int) -> object:
+            out = real_step(step)
+            state = {k: np.asarray(v) for k, v in trainer.state_arrays().items()}
+            key = sorted(k for k, v in state.items() if v.dtype.kind == "f" and v.size)[0]
+            trainer.load_state_arrays({**state, key: np.full_like(state[key], np.nan)})
+            return out
+
+        trainer.generator_step = generator_step
+        return trainer
+
+    return make_poisoned
+
+
 def test_nan_found_at_checkpoint_honours_skip_nonfinite(runner: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    """The audit's case: a generator learning rate that overflows float32 makes the generator's
-    weights Inf/NaN after its update, so the NaN is first seen when writing the checkpoint."""
     out = tmp_path / "run"
     before = _first_run(runner, out, capsys)
-    code, err = _run(runner, _argv(out, "--resume", "--lr-g", "1e39", "--skip-nonfinite", "2", steps=4), capsys)
+    code, err = _run(runner, _argv(out, "--resume", "--skip-nonfinite", "2", steps=4), capsys,
+                     wrap=_poison_after_generator_steps)
     record("faults injected", 3)  # three divergences: two rolled back, the third stops the run
     record("runs resumed")
     assert code == 1
-    _assert_one_line(err, "contains NaN/Inf", "ckpt-000000001.npz")
+    _assert_one_line(err, "trainer state array", "contains NaN/Inf", "ckpt-000000001.npz")
     rolled = [line for line in err.splitlines() if "rolled back to" in line]
     assert len(rolled) == 2 and "(2 of 2 allowed)" in rolled[-1], err
     assert _snapshot(out / "checkpoints") == before  # no NaN was ever checkpointed
