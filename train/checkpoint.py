@@ -12,6 +12,7 @@ and a ``latest`` pointer; updating the pointer is the commit point of a checkpoi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -62,6 +63,10 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
     return p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+# Write failures of the file itself (full disk or quota, read-only or forbidden, I/O error).
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
@@ -88,7 +93,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -
             f.close()
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(e, OSError) and e.errno is not None and e.filename != str(target):
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS and e.filename != str(target):
             raise OSError(e.errno, e.strerror or str(e), str(target)) from e
         raise
 
