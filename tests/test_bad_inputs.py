@@ -726,6 +726,12 @@ def test_fuzz_cifar_archive_mutations(fuzz_dir: Path, cifar_fuzz_base: dict, che
                         fuzz_dir / "pwned")
 
 
+@functools.cache
+def _batch_pickles(protocol: int) -> dict[str, bytes]:
+    return {n: pickle.dumps(d, protocol=protocol) for n, (_, d) in _batches(seed=1, n=2).items()
+            if n in tdata.CIFAR10_TRAIN_FILES}
+
+
 @_FUZZ
 @given(which=st.sampled_from(tdata.CIFAR10_TRAIN_FILES), protocol=st.integers(0, 5), **_MUTATIONS)
 def test_fuzz_cifar_batch_pickles(fuzz_dir: Path, cifar_fuzz_base: dict, which: str, protocol: int,
@@ -734,9 +740,7 @@ def test_fuzz_cifar_batch_pickles(fuzz_dir: Path, cifar_fuzz_base: dict, which: 
     checksums a changed pixel byte cannot be detected, so a load need only be well-formed."""
     folder = fuzz_dir / "folder" / tdata.CIFAR10_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
-    batches = _batches(seed=1, n=2)
-    for name in tdata.CIFAR10_TRAIN_FILES:
-        raw = pickle.dumps(batches[name][1], protocol=protocol)
+    for name, raw in _batch_pickles(protocol).items():
         (folder / name).write_bytes(_mutate(raw, edits, cut, insert) if name == which else raw)
     record("fuzzed files")
     _load_cifar_checked(folder, None, None, fuzz_dir / "pwned")
