@@ -36,6 +36,10 @@ class TorchBackend:
         return torch_namespace
 
     def grad(self, fn: Callable[[torch.Tensor], torch.Tensor], r: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled():
+            # enable_grad() cannot undo inference_mode, and autograd's own error does not say why.
+            raise RuntimeError("VALP/GP/LP need autograd for the critic's input gradient: call the penalty "
+                               "outside torch.inference_mode() (torch.no_grad() is fine)")
         r = r.detach().requires_grad_(True)
         with torch.enable_grad():
             # autograd.grad w.r.t. r only: parameter .grad buffers are never written.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.tally import record, reliability_tally  # noqa: F401 - the session fixture printing the counts
 from train import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,11 +80,14 @@ def test_random_sigkills_never_corrupt_and_resume_exactly(tmp_path: Path) -> Non
         time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
+        record("faults injected")
+        record("runs resumed", attempt > 0)
         steps = _complete_checkpoints(out)
         assert steps and steps[-1] >= last_step + 20  # progress is never lost
         last_step = steps[-1]
     final = _start(out, resume=True)
     assert final.wait(timeout=300) == 0, final.stderr.read()
+    record("runs resumed")
 
     a = ckpt.load_latest(reference / "checkpoints")
     b = ckpt.load_latest(out / "checkpoints")

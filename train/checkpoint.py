@@ -12,10 +12,12 @@ and a ``latest`` pointer; updating the pointer is the commit point of a checkpoi
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
+import struct
 import warnings
 import zipfile
 import zlib
@@ -61,6 +63,10 @@ def temp_path_for(path: str | os.PathLike[str]) -> Path:
     return p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
 
 
+# Write failures of the file itself (full disk or quota, read-only or forbidden, I/O error).
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
@@ -80,10 +86,15 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -
         f.close()
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
-        f.close()
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        # close() flushes the buffer, so on a full disk it raises again: the temp file must
+        # still go, and the error must name the file being written, not the temp name.
+        with contextlib.suppress(OSError):
+            f.close()
+        with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS and e.filename != str(target):
+            raise OSError(e.errno, e.strerror or str(e), str(target)) from e
         raise
 
 
@@ -158,6 +169,13 @@ def save_checkpoint(
     return target
 
 
+# What a damaged or hostile .npz can make zipfile / np.load raise (NotImplementedError: an
+# unknown compression method; RuntimeError: an encrypted member; MemoryError: a header that
+# declares an absurd shape).
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, zlib.error, KeyError,
+                NotImplementedError, RuntimeError, MemoryError, OverflowError, struct.error)
+
+
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint; any corruption raises :class:`CheckpointError` naming the file.
 
@@ -170,17 +188,27 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         with np.load(p, allow_pickle=False) as z:
             # Reading every member fully makes zipfile verify each CRC-32.
             arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error, KeyError) as e:
+    except _READ_ERRORS as e:
         raise CheckpointError(
             f"checkpoint {p} is corrupt or truncated ({type(e).__name__}: {e}). "
             "It was left untouched; move it aside to resume from an older checkpoint."
         ) from e
+    for key, value in arrays.items():
+        # np.load hands back a member without the .npy header (e.g. raw pickle bytes) as bytes.
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(
+                f"checkpoint {p} member {key!r} is not a NumPy .npy array ({type(value).__name__}); "
+                "not a valr checkpoint, or a tampered one. It was left untouched."
+            )
     raw = arrays.pop(METADATA_KEY, None)
     if raw is None:
         raise CheckpointError(f"checkpoint {p} has no metadata member {METADATA_KEY!r}; not a valr checkpoint")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(f"checkpoint {p} metadata member {METADATA_KEY!r} is {raw.dtype} {raw.shape}, "
+                              "expected 1-D uint8 (UTF-8 JSON)")
     try:
         metadata = array_to_json(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
         raise CheckpointError(f"checkpoint {p} has unreadable metadata ({e})") from e
     if not isinstance(metadata, dict):
         raise CheckpointError(f"checkpoint {p} metadata is {type(metadata).__name__}, expected a JSON object")
@@ -211,6 +239,25 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]
         if m and p.is_file():
             found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def is_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> bool:
+    """Cheap check that ``path`` is a valr checkpoint (of ``step``): its metadata member is
+    readable strict JSON with our format version. Array members are not read."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(METADATA_KEY + ".npy")
+            if info.file_size > 1 << 26:
+                return False
+            with zf.open(info) as member:
+                raw = np.lib.format.read_array(member, allow_pickle=False)
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                return False
+            meta = array_to_json(raw)
+    except (*_READ_ERRORS, TypeError, RecursionError):
+        return False
+    return (isinstance(meta, dict) and meta.get("format_version") == FORMAT_VERSION
+            and (step is None or meta.get("step") == step))
 
 
 def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
@@ -293,7 +340,10 @@ class CheckpointManager:
         return path
 
     def _prune(self, keep_path: Path) -> None:
-        found = [p for _, p in list_checkpoints(self.directory)]
+        # Only real checkpoints count towards ``keep`` and only they are deleted: a foreign or
+        # damaged file that merely has a checkpoint's name (say ckpt-000000099.npz) must not
+        # push a good checkpoint out, and is left for the user to inspect.
+        found = [p for step, p in list_checkpoints(self.directory) if p == keep_path or is_checkpoint(p, step)]
         for p in found[: max(0, len(found) - self.keep)]:
             if p != keep_path:
                 with contextlib.suppress(FileNotFoundError):
@@ -399,6 +449,7 @@ __all__ = [
     "atomic_write_bytes",
     "json_to_array",
     "latest_checkpoint_path",
+    "is_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_latest",

@@ -276,6 +276,8 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--seed", type=int, default=None, help="the run's seed; every random stream derives from it (train.seeds)")
     g.add_argument("--data-seed", type=int, default=None, help="seed of the data order/augmentation stream")
     g.add_argument("--steps", type=int, default=None, help="generator iterations")
+    g.add_argument("--debug", action="store_true", default=None,
+                   help="on an error, print the full traceback (default: one line)")
     _bool_flag(g, "progress", "tqdm progress bar")
     _bool_flag(g, "tensorboard", "write TensorBoard event files")
 
@@ -372,7 +374,7 @@ class _ClipAction(argparse.Action):
 
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
     """Preset + explicitly given flags -> validated TrainConfig (ConfigError names the flag)."""
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "lr")}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "lr", "debug")}
     if getattr(args, "lr", None) is not None:
         overrides.setdefault("lr_g", args.lr)
         overrides.setdefault("lr_d", args.lr)

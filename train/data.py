@@ -12,6 +12,7 @@ import io
 import os
 import pickle
 import socket
+import struct
 import tarfile
 import threading
 import urllib.request
@@ -100,12 +101,35 @@ def _check_md5(what: str, actual: str, expected: str | None) -> None:
         )
 
 
-def _reconstruct_fn() -> Any:
-    try:  # NumPy >= 2
-        from numpy._core.multiarray import _reconstruct
+def _numpy_internal(name: str, module: str) -> Any:
+    """``numpy._core.<module>.<name>`` (NumPy >= 2) or ``numpy.core.<module>.<name>`` (1.x)."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
     except ImportError:  # pragma: no cover - NumPy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+def _latin1_encode(text: Any, encoding: str = "latin1", errors: str = "strict") -> bytes:
+    # Pickle protocols 0-2 store bytes as _codecs.encode(str, 'latin1'); allow that use only
+    # (other codecs, e.g. zlib_codec, would turn the unpickler into a decompressor).
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1", "iso-8859-1"):
+        raise pickle.UnpicklingError("_codecs.encode is allowed only on str with the latin1 codec")
+    return text.encode("latin1", errors="strict")
+
+
+# (module, name) -> the object it stands for: what NumPy's pickles of a CIFAR-10 batch dict
+# need under protocols 0-5, written by NumPy 1.x (numpy.core) or 2.x (numpy._core).
+_CIFAR_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): lambda: _numpy_internal("_reconstruct", "multiarray")
+       for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): lambda: _numpy_internal("_frombuffer", "numeric")
+       for core in ("core", "_core")},
+}
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -113,13 +137,18 @@ class _CifarUnpickler(pickle.Unpickler):
     malicious file cannot run code."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return _reconstruct_fn()
-        if module == "numpy" and name == "ndarray":
-            return np.ndarray
-        if module == "numpy" and name == "dtype":
-            return np.dtype
-        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR-10 batch file")
+        make = _CIFAR_GLOBALS.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a CIFAR-10 batch file")
+        return make()
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed in a CIFAR-10 batch file")
+
+
+# What a damaged or hostile pickle can make the (restricted) unpickler raise.
+_UNPICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                    MemoryError, OverflowError, RecursionError, struct.error, UnicodeError)
 
 
 def decode_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -127,11 +156,14 @@ def decode_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray
     try:
         # latin1 is how NumPy arrays pickled by Python 2 are read back (torchvision does the same).
         obj = _CifarUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
+    except _UNPICKLE_ERRORS as e:
         raise DataError(f"{source} is not a valid CIFAR-10 batch pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or "data" not in obj or "labels" not in obj:
         raise DataError(f"{source} is not a CIFAR-10 batch (expected a dict with 'data' and 'labels')")
-    images, labels = obj["data"], np.asarray(obj["labels"], dtype=np.int64)
+    try:
+        images, labels = obj["data"], np.asarray(obj["labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"{source} has labels that are not a list of integers ({type(e).__name__}: {e})") from e
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
             and images.shape[1] == 3 * 32 * 32 and labels.shape == (images.shape[0],)):
         raise DataError(
@@ -167,6 +199,9 @@ def find_cifar10(path: str | os.PathLike[str]) -> tuple[str, Path] | None:
     return None
 
 
+_TAR_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "directory"}
+
+
 def _read_archive_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     try:
@@ -177,9 +212,11 @@ def _read_archive_members(archive: Path, names: tuple[str, ...]) -> dict[str, by
                     member = tar.getmember(member_name)
                 except KeyError:
                     raise DataError(f"archive {archive} has no member {member_name!r}") from None
-                fobj = tar.extractfile(member)
+                # A link is refused, not followed: it could name any member (or none).
+                fobj = tar.extractfile(member) if member.isreg() else None
                 if fobj is None:
-                    raise DataError(f"archive {archive} member {member_name!r} is not a regular file")
+                    raise DataError(f"archive {archive} member {member_name!r} is not a regular file "
+                                    f"(it is a {_TAR_KINDS.get(member.type, 'special file')})")
                 out[name] = fobj.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"archive {archive} is corrupt or truncated ({type(e).__name__}: {e})") from e
@@ -291,6 +328,8 @@ def load_image_folder(path: str | os.PathLike[str], *, size: int = 32, max_image
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     root = Path(path).expanduser()
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-path {root} is a file; --data folder expects a folder of images")
     if not root.is_dir():
         raise DataNotFoundError(f"image folder {root} does not exist (set it with --data-path)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
@@ -305,7 +344,9 @@ def load_image_folder(path: str | os.PathLike[str], *, size: int = 32, max_image
                 im = ImageOps.exif_transpose(im).convert("RGB")
                 fitted = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
                 out[i] = np.asarray(fitted, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
+        except Image.DecompressionBombError as e:
+            raise DataError(f"refusing image {f}: {e}") from e
+        except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError, struct.error) as e:
             raise DataError(f"cannot read image {f} ({type(e).__name__}: {e})") from e
     return out
 

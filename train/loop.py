@@ -15,10 +15,13 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +89,10 @@ class ResumeError(ValueError):
 
 class NonFiniteError(RuntimeError):
     """A loss (or the state about to be checkpointed) became NaN/Inf; training stopped."""
+
+
+class PreflightError(ValueError):
+    """Found before training: the run could not write its outputs (--out, disk space)."""
 
 
 @dataclass
@@ -181,6 +188,10 @@ def check_batch_fits(cfg: TrainConfig, data: np.ndarray) -> None:
                           f"--data {cfg.data}), got {cfg.batch_size}")
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
 def _every(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
@@ -250,6 +261,54 @@ class TrainingLoop:
         self._eval_disabled = False
         self._postfix: dict[str, float] = {}
         self.is_chief = bool(getattr(trainer, "is_chief", True))
+
+    # -- preflight ---------------------------------------------------------------------------
+
+    def _preflight(self) -> None:
+        """Check before training what would otherwise fail at the first write: ``--out`` and its
+        ``checkpoints/`` are (creatable) directories we can write, and their disk has room for a
+        checkpoint. Directories created here are removed again when a check fails."""
+        # On every replica, in the same order: state_arrays may be a collective operation.
+        need = sum(np.asarray(v).nbytes for v in self.trainer.state_arrays().values())
+        if not self.is_chief:
+            return
+        need += 8 * self.batches.num_examples + (1 << 20)  # data permutation, zip and metadata
+        created: list[Path] = []
+        try:
+            for d in (self.out, self.ckpt_dir):
+                self._preflight_dir(d, created)
+            free = shutil.disk_usage(self.ckpt_dir).free
+            if free < need:
+                raise PreflightError(
+                    f"--out {self.out}: not enough free disk space for a checkpoint "
+                    f"(about {_mib(need)} needed, {_mib(free)} free)")
+        except BaseException:
+            for d in reversed(created):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
+
+    def _preflight_dir(self, d: Path, created: list[Path]) -> None:
+        for parent in (d, *d.parents):
+            if parent.exists() and not parent.is_dir():
+                where = "is a file" if parent == d else f"is under {parent}, which is a file"
+                raise PreflightError(f"--out {self.out}: {d} {where}; expected a directory")
+            if parent.exists():
+                break
+        missing = [p for p in (d, *d.parents) if not p.exists()]
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise PreflightError(f"--out {self.out}: cannot create directory {d} ({e.strerror or e})") from e
+        created.extend(reversed(missing))
+        probe = d / f".preflight-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as e:
+            raise PreflightError(f"--out {self.out}: directory {d} is not writable ({e.strerror or e})") from e
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
 
     # -- resume ------------------------------------------------------------------------------
 
@@ -403,6 +462,7 @@ class TrainingLoop:
 
     def run(self) -> RunResult:
         cfg = self.cfg
+        self._preflight()
         found = self._find_resume_checkpoint()
         if found is not None:
             self._restore(found)
@@ -427,42 +487,48 @@ class TrainingLoop:
         try:
             with stop.installed():
                 t0, t0_step = time.perf_counter(), self.step
-                while self.step < cfg.steps:
-                    try:
-                        self._iteration()
-                    except NonFiniteError as error:
-                        self._roll_back_or_raise(error)
-                        bar.n = self.step
-                        t0, t0_step = time.perf_counter(), self.step
-                        continue
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in self._postfix.items()}, refresh=False)
-                    bar.update(1)
-                    if self.step == cfg.steps:
-                        break  # the final step's outputs are written below
-                    extra: dict[str, float] = {}
-                    if _every(self.step, cfg.eval_every):
-                        extra = self._evaluate(cfg.eval_samples)
-                    if _every(self.step, cfg.log_every) or extra:
-                        self._log_row(extra, (time.perf_counter() - t0) / (self.step - t0_step))
-                        t0, t0_step = time.perf_counter(), self.step
-                    if _every(self.step, cfg.sample_every):
-                        self._save_samples()
-                    if _every(self.step, cfg.checkpoint_every):
-                        self._save_checkpoint()
-                    stop_now = stop.signum is not None
-                    sync_stop = getattr(self.trainer, "sync_stop", None)
-                    if sync_stop is not None:
-                        stop_now = bool(sync_stop(stop_now))
-                    if stop_now:
-                        signum = stop.signum if stop.signum is not None else int(signal.SIGTERM)
-                        path = self._save_checkpoint() if self.last_ckpt_step != self.step else self.last_ckpt
-                        log.warning("stopped by %s at iteration %d; checkpoint %s; continue with --resume",
-                                    signal.Signals(signum).name, self.step, path)
-                        return RunResult("interrupted", self.step, path, signal=signum)
-                # Final step: checkpoint first (the state is what matters), then samples, the
-                # final evaluation and one log row holding both the last interval and the metrics.
-                seconds_per_it = (time.perf_counter() - t0) / max(1, self.step - t0_step)
-                self._save_checkpoint()
+                while True:
+                    while self.step < cfg.steps:
+                        try:
+                            self._iteration()
+                        except NonFiniteError as error:
+                            self._roll_back_or_raise(error)
+                            bar.n = self.step
+                            t0, t0_step = time.perf_counter(), self.step
+                            continue
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in self._postfix.items()}, refresh=False)
+                        bar.update(1)
+                        if self.step == cfg.steps:
+                            break  # the final step's outputs are written below
+                        extra: dict[str, float] = {}
+                        if _every(self.step, cfg.eval_every):
+                            extra = self._evaluate(cfg.eval_samples)
+                        if _every(self.step, cfg.log_every) or extra:
+                            self._log_row(extra, (time.perf_counter() - t0) / (self.step - t0_step))
+                            t0, t0_step = time.perf_counter(), self.step
+                        if _every(self.step, cfg.sample_every):
+                            self._save_samples()
+                        if _every(self.step, cfg.checkpoint_every) and not self._checkpoint_or_roll_back():
+                            bar.n = self.step
+                            t0, t0_step = time.perf_counter(), self.step
+                        stop_now = stop.signum is not None
+                        sync_stop = getattr(self.trainer, "sync_stop", None)
+                        if sync_stop is not None:
+                            stop_now = bool(sync_stop(stop_now))
+                        if stop_now:
+                            signum = stop.signum if stop.signum is not None else int(signal.SIGTERM)
+                            if self.last_ckpt_step != self.step:
+                                self._checkpoint_or_roll_back()  # rolled back: the last good one stays
+                            log.warning("stopped by %s at iteration %d; checkpoint %s; continue with --resume",
+                                        signal.Signals(signum).name, self.step, self.last_ckpt)
+                            return RunResult("interrupted", self.step, self.last_ckpt, signal=signum)
+                    # Final step: checkpoint first (the state is what matters), then samples, the
+                    # final evaluation and one log row holding both the last interval and the metrics.
+                    seconds_per_it = (time.perf_counter() - t0) / max(1, self.step - t0_step)
+                    if self._checkpoint_or_roll_back():
+                        break
+                    bar.n = self.step
+                    t0, t0_step = time.perf_counter(), self.step
                 self._save_samples()
                 n_eval = cfg.final_eval_samples or (cfg.eval_samples if _every(self.step, cfg.eval_every) else 0)
                 eval_metrics = self._evaluate(n_eval) if n_eval else {}
@@ -477,6 +543,16 @@ class TrainingLoop:
                 self.metrics.close()
             if self.tb is not None:
                 self.tb.close()
+
+    def _checkpoint_or_roll_back(self) -> bool:
+        """Write a checkpoint (True); when the state holds NaN/Inf, --skip-nonfinite rolls back
+        to the last good checkpoint as a divergent iteration would (False), else it raises."""
+        try:
+            self._save_checkpoint()
+        except NonFiniteError as error:
+            self._roll_back_or_raise(error)
+            return False
+        return True
 
     def _roll_back_or_raise(self, error: NonFiniteError) -> None:
         """--skip-nonfinite: reload the last checkpoint's trainer state and loop position, but
@@ -535,6 +611,30 @@ def _setup_logging() -> None:
         log.propagate = False
 
 
+# Errors a user causes with a flag or a file: exit status 2 (usage), one line.
+_USAGE_ERRORS = (ConfigError, DataError, ckpt.CheckpointError, ResumeError, PreflightError, FileExistsError,
+                 FileNotFoundError)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def describe_error(error: BaseException) -> tuple[int, str]:
+    """(exit status, one-line message) for an error that ended a run: 2 for usage errors (a
+    flag or file to fix), 1 for runtime failures (divergence, a full disk, anything else)."""
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + int(signal.SIGINT), _one_line(error) or "interrupted"
+    if isinstance(error, _USAGE_ERRORS):
+        return 2, _one_line(error)
+    if isinstance(error, NonFiniteError):
+        return 1, _one_line(error)
+    if isinstance(error, OSError) and error.filename is not None:
+        return 1, f"{error.filename}: {error.strerror or _one_line(error)}"
+    hint = "" if isinstance(error, OSError) else " (run with --debug for the traceback)"
+    return 1, f"{type(error).__name__}: {_one_line(error)}{hint}"
+
+
 def main(
     framework: str,
     make_trainer: Callable[[TrainConfig], Trainer],
@@ -545,19 +645,22 @@ def main(
     """Command-line entry shared by the trainers: ``sys.exit(main("torch", TorchWGAN))``.
 
     Returns 0 when completed, 128 + signal when interrupted (after a checkpoint), 1 when the
-    run diverged, 2 on configuration / data / checkpoint errors (message on stderr).
+    run diverged or failed at run time, 2 on configuration / data / checkpoint / output-directory
+    errors. Errors are one line on stderr; ``--debug`` prints the traceback as well.
     """
-    cfg = parse_config(argv, framework, parser or build_parser(framework))
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args  # declared by build_parser; not a setting of the run
+    cfg = parse_config(args, framework, parser or build_parser(framework))
     _setup_logging()
     try:
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
         check_batch_fits(cfg, data)  # before building models: fail in seconds, not minutes
         trainer = make_trainer(cfg)
         result = run_training(trainer, cfg, data=data)
-    except NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ConfigError, DataError, ckpt.CheckpointError, ResumeError, FileExistsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        code, message = describe_error(e)
+        print(f"error: {message}", file=sys.stderr)
+        return code
     return result.exit_code
