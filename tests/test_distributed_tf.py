@@ -46,8 +46,8 @@ def _tiny(**kw: object):
 
     base: dict[str, object] = dict(out="unused", steps=4, n_critic=2, batch_size=4, gen_batch_size=6, z_dim=8,
                                    gen_channels=8, critic_channels=8, progress=False, tensorboard=False,
-                                   lr_d=1e-2, lr_g=1e-2, lr_decay="constant", valp_k=0.0, rho=0.5,
-                                   valp_fraction=1.0)
+                                   lr_d=1e-2, lr_g=1e-2, lr_decay="constant", K=0.0, rho=0.5,
+                                   fraction=1.0)
     base.update(kw)
     return preset_config("smoke", **base).validate()
 
@@ -82,15 +82,15 @@ class _ReferencePenalty:
 
     def __init__(self, inner, replicas: int) -> None:
         self.inner, self.replicas = inner, replicas
-        self.name, self.reduce = inner.name, inner.reduce
+        self.name, self.backend, self.reduction = inner.name, inner.backend, inner.reduction
 
-    def init_state(self, like=None):
+    def init_state(self, like):
         return self.inner.init_state(like)
 
-    def update(self, state, aux):
-        return self.inner.update(state, aux)
+    def update(self, state, constraint):
+        return self.inner.update(state, constraint)
 
-    def __call__(self, critic, real, fake, rng, state, *, fx=None):
+    def __call__(self, critic, real, fake, rng, state, *, fx=None, draws=None):
         import tensorflow as tf
 
         from train.tf_distributed import ReplicaStream
@@ -99,12 +99,14 @@ class _ReferencePenalty:
         streams = [ReplicaStream(tf.random.experimental.stateless_fold_in(seed, tf.constant(r, tf.int64)))
                    for r in range(self.replicas)]
         b = int(real.shape[0]) // self.replicas
-        loss, stats, _, aux = self.inner(critic, real, fake, _ShardedStream(streams, b), state, fx=fx)
-        return loss, stats, rng, aux
+        assert draws is None  # the trainer passes its generator; the draws are made here
+        draws, _ = self.inner.draws(real, fake, _ShardedStream(streams, b))
+        loss, out = self.inner(critic, real, fake, rng, state, fx=fx, draws=draws)
+        return loss, out._replace(rng=rng)
 
 
 def _group(key: str) -> str:
-    """Arrays compared on one scale: "gen", "critic", "ema", "opt_d/m", "opt_g/v", "al_mu"."""
+    """Arrays compared on one scale: "gen", "critic", "ema", "opt_d/m", "opt_g/v", "penalty"."""
     parts = key.split("/")
     return "/".join(parts[:2]) if parts[0].startswith("opt_") else parts[0]
 
@@ -260,8 +262,8 @@ def test_distributed_steps_equal_single_process(dist_result: dict, penalty: str)
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (k, a[k], b[k])
     if penalty == "valp":  # the multiplier moved, by the replica-averaged constraint
-        assert ref[1]["al_mu"] > ref[0]["al_mu"] > 0
-        assert dist[0]["al_mu"] == pytest.approx(0.5 * dist[0]["violation_mean"], rel=1e-5)
+        assert ref[1]["mu"] > ref[0]["mu"] > 0
+        assert dist[0]["mu"] == pytest.approx(0.5 * dist[0]["mean_violation"], rel=1e-5)
 
 
 def test_replicas_draw_different_penalty_randomness(dist_result: dict) -> None:

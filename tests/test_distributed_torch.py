@@ -21,11 +21,14 @@ import pytest
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
+from tests.test_trainer_contract import real_batch as _real  # noqa: E402
+from tests.test_trainer_contract import tiny_cfg as _cfg  # noqa: E402
 from train import checkpoint as ckpt  # noqa: E402
 from train import logs as tlogs  # noqa: E402
-from train.config import TrainConfig, preset_config  # noqa: E402
 from train.loop import run_training  # noqa: E402
-from train.torch_distributed import init_from_env, penalty_seed  # noqa: E402
+from train.penalties import PenaltyOut  # noqa: E402
+from train.seeds import stream_seed  # noqa: E402
+from train.torch_distributed import init_from_env  # noqa: E402
 from train.torch_wgan import TorchWGAN  # noqa: E402
 
 pytestmark = [pytest.mark.framework("torch"),
@@ -35,8 +38,8 @@ pytestmark = [pytest.mark.framework("torch"),
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
 _DATA = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
-_VALP = {"penalty": "valp", "penalty_mode": "al", "valp_k": 0.0, "rho": 0.5}  # K=0: mu moves
-# Parity scenarios: (penalty settings, dtype). VALP keeps the default fraction 0.5 (random subsets).
+_VALP = {"penalty": "valp", "mode": "al", "K": 0.0, "rho": 0.5, "fraction": 0.5}  # K=0: mu moves
+# Parity scenarios: (penalty settings, dtype). VALP on half of each shard (random subsets).
 # Parity is asserted in float64 (SPEC: float32 rounding moves VALP's r_adv across ReLU kinks, and
 # Adam turns the noise-level gradients of biases that BatchNorm cancels into ~lr-sized steps);
 # "valp32" checks the float32 path with an L2-relative tolerance per model.
@@ -44,20 +47,6 @@ SCENARIOS = {"none": ({"penalty": "none"}, "float64"), "gp": ({"penalty": "gp"},
              "valp": (_VALP, "float64"), "valp32": (_VALP, "float32")}
 ATOL, RTOL = 1e-10, 1e-9  # float64
 L2_REL_32 = 1e-3  # float32, ||a - b|| / ||b|| over all arrays of gen / critic / ema
-
-
-def _cfg(out: Path | str = "unused", **kw: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        out=str(out), device="cpu", steps=4, n_critic=2, batch_size=4, gen_batch_size=6, z_dim=8,
-        gen_channels=8, critic_channels=8, ema_decay=0.5, log_every=1, sample_every=0,
-        checkpoint_every=0, n_sample_grid=4, progress=False, tensorboard=False, lr_g=1e-3, lr_d=1e-3,
-    )
-    base.update(kw)
-    return preset_config("smoke", **base)
-
-
-def _real(seed: int, n: int = 4) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)).astype(np.float32)
 
 
 def _steps(tr: TorchWGAN) -> list[dict[str, float]]:
@@ -156,27 +145,30 @@ class _ShardedPenalty:
 
     def __init__(self, inner: object, seed: int) -> None:
         self.inner = inner
-        self.rngs = [torch.Generator().manual_seed(penalty_seed(seed, r)) for r in range(WORLD)]
+        self.name, self.backend, self.reduction = inner.name, inner.backend, inner.reduction
+        self.rngs = [torch.Generator().manual_seed(stream_seed(seed, "penalty", r)) for r in range(WORLD)]
 
     def init_state(self, like: torch.Tensor) -> object:
         return self.inner.init_state(like)
 
-    def update(self, state: object, aux: object) -> object:
-        return self.inner.update(state, aux)
+    def update(self, state: object, constraint: object) -> object:
+        return self.inner.update(state, constraint)
 
-    def __call__(self, critic, real, fake, rng, state, *, fx=None):  # noqa: ANN001, ANN204
+    def __call__(self, critic, real, fake, rng, state, *, fx=None, draws=None):  # noqa: ANN001, ANN204
+        assert draws is None  # the trainer draws from its stream inside the call
         n, b = real.shape[0], real.shape[0] // WORLD
         parts = []
         for r in range(WORLD):
             rows = slice(r * b, (r + 1) * b)
             fx_r = torch.cat([fx[:n][rows], fx[n:][rows]])
-            loss, stats, self.rngs[r], aux = self.inner(critic, real[rows], fake[rows], self.rngs[r], state, fx=fx_r)
-            parts.append((loss, stats, aux))
+            loss, out = self.inner(critic, real[rows], fake[rows], self.rngs[r], state, fx=fx_r)
+            self.rngs[r] = out.rng
+            parts.append((loss, out))
         loss = torch.stack([p[0] for p in parts]).mean()
-        stats = {k: (torch.stack([p[1][k] for p in parts]).max() if k.endswith("_max")
-                     else torch.stack([p[1][k] for p in parts]).mean()) for k in parts[0][1]}
-        aux = None if parts[0][2] is None else torch.stack([p[2] for p in parts]).mean()
-        return loss, stats, rng, aux
+        stats = {k: (torch.stack([p[1].stats[k] for p in parts]).max() if k.startswith("max_")
+                     else torch.stack([p[1].stats[k] for p in parts]).mean()) for k in parts[0][1].stats}
+        constraint = torch.stack([torch.as_tensor(p[1].constraint) for p in parts]).mean()
+        return loss, PenaltyOut(stats, constraint, rng)
 
 
 def _reference(name: str) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
@@ -230,7 +222,7 @@ def test_distributed_steps_equal_single_process_on_the_global_batch(ddp: Path, n
         np.testing.assert_allclose([m[k] for k in w], [w[k] for k in w], rtol=1e-6 if f64 else 1e-2,
                                    atol=1e-9 if f64 else 1e-4, err_msg=str(list(w)))
     if name.startswith("valp"):  # the AL multiplier moved, from replica-averaged violations
-        assert got["penalty/mu"][0] > 0
+        assert float(got["penalty/mu"]) > 0
         np.testing.assert_allclose(got["penalty/mu"], want["penalty/mu"], rtol=1e-6)
 
 

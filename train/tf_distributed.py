@@ -34,10 +34,6 @@ import tensorflow as tf  # noqa: E402
 
 DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 
-# How each per-replica statistic combines into the global one (the rest follow the penalty's reduce).
-STAT_REDUCE = {"wdist": "mean", "violation_mean": "mean", "violation_max": "max", "violation_frac": "mean",
-               "grad_norm_mean": "mean", "grad_norm_max": "max", "quotient_mean": "mean", "quotient_max": "max"}
-
 
 def split_cpu(n: int) -> None:
     """Split the first physical CPU into ``n`` logical devices (to run MirroredStrategy on CPU).

@@ -53,7 +53,8 @@ from train.config import ConfigError
 log = logging.getLogger("valr.train")
 
 BACKENDS = ("auto", "nccl", "gloo")
-MAX_KEYS = frozenset({"violation_max", "quotient_max"})  # statistics reduced with max, not mean
+# Statistics reduced with max, not mean (train.penalties.replica_reduction: the "max_" ones).
+MAX_KEYS = frozenset({"max_violation", "max_quotient", "max_grad_norm"})
 
 
 @dataclass(frozen=True)
