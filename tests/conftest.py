@@ -76,3 +76,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.fixture
+def one_torch_thread(framework: str) -> object:
+    """Tiny torch models run fastest on one thread: on a busy 2-core machine OpenMP threads
+    spinning against other processes make them ~10x slower. A no-op for other frameworks."""
+    if framework != "torch":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

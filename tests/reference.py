@@ -3,7 +3,7 @@
 Two small critics with hand-derived backward passes (w.r.t. inputs and parameters):
 - MLP: tanh hidden layer, linear output (scalar critic or classifier logits).
 - Conv (NCHW): conv3x3 -> softplus -> conv3x3 -> softplus -> spatial mean -> dense.
-Smooth activations keep float32 and float64 runs on the same side of every kink (SPEC.md).
+Smooth activations keep float32 and float64 runs on the same side of every kink (see tests/test_parity.py's tolerances).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import common, exactness, native_valp, penalties
+from bench import common, exactness, native_valp
 
 common.quiet_env()  # before anything imports POT: it would import every framework
 
@@ -22,7 +22,7 @@ def test_importing_bench_imports_no_framework() -> None:
     import subprocess
     import sys
 
-    code = "import sys, bench, bench.common, bench.speed, bench.exactness, bench.critic_steps, bench.penalties, bench.native_valp; print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'ot') if m in sys.modules))"
+    code = "import sys, bench, bench.common, bench.speed, bench.exactness, bench.critic_steps, bench.native_valp; print(sorted(m for m in ('torch', 'tensorflow', 'jax', 'ot') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -157,39 +157,23 @@ def test_native_valp_is_the_same_computation_as_valr_core(framework: str, fracti
         np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-12)
 
 
-@pytest.mark.parametrize("one_sided", [False, True])
-@pytest.mark.parametrize("norm", [0.5, 2.0])
-def test_gp_and_lp_of_a_linear_critic(framework: str, one_sided: bool, norm: float) -> None:
-    # f(x) = <flat(x), w>: the gradient is w everywhere, so GP = lam (|w| - 1)^2 and
-    # LP = lam max(0, |w| - 1)^2 exactly, whatever the interpolates.
-    fw = Fw(framework)
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(18, 1))
-    w *= norm / np.linalg.norm(w)
-    real, fake = (fw.tensor(rng.uniform(-1, 1, (6, 2, 3, 3))) for _ in range(2))
-    wt = fw.tensor(w)
-    if framework == "torch":
-        value = penalties.torch_penalty(lambda x: x.flatten(1) @ wt, real, fake, fw.rng(0), one_sided)
-    elif framework == "tf":
-        value = penalties.tf_penalty(lambda x: fw.m.reshape(x, (x.shape[0], -1)) @ wt, real, fake, fw.rng(0), one_sided)
-    else:
-        value = penalties.jax_penalty(lambda x: x.reshape(x.shape[0], -1) @ wt, real, fake, fw.rng(0), one_sided)
-    gap = max(0.0, norm - 1) if one_sided else norm - 1
-    assert float(value) == pytest.approx(penalties.LAM * gap**2, rel=1e-9, abs=1e-12)
+def test_benchmarks_use_the_trainers_penalties() -> None:
+    """One code path: the speed benchmark builds its GP/LP/VALP with train.penalties (valr_core),
+    exactly as the trainers do; no gradient-penalty math lives in bench/."""
+    from bench.critic_steps import make_penalty
+    from train.penalties import make_penalty as shared
 
+    assert make_penalty("jax", common.Method("gp", "gp")) == shared("gp", "jax", check_finite=True)
+    assert make_penalty("tf", common.Method("lp", "lp", check_finite=False)) == shared("lp", "tf")
+    valp = make_penalty("torch", common.Method("valp-half", "valp", fraction=0.5))
+    assert valp == shared("valp", "torch", check_finite=True, mode="al", rho=native_valp.RHO, fraction=0.5)
+    assert make_penalty("torch", common.Method("none", "none")) is None
+    import pathlib
 
-@pytest.fixture
-def one_torch_thread(framework: str) -> Any:
-    """Tiny torch ops on a shared 2-core machine: one thread avoids OpenMP oversubscription."""
-    if framework != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    repo = pathlib.Path(common.__file__).parents[1]
+    for path in [*(repo / "bench").glob("*.py"), *(repo / "train").glob("*.py")]:
+        assert "create_graph" not in path.read_text(), path  # double backward lives in valr_core only
+    assert not (repo / "bench" / "penalties.py").exists()
 
 
 def test_critic_steps_run_and_time(framework: str, one_torch_thread: None) -> None:

@@ -197,4 +197,3 @@ def test_loop_writes_checkpoints_once_and_resumes(report: dict) -> None:
     assert ckpts == ["ckpt-000000001.npz", "ckpt-000000002.npz"]
     assert report["resume_equal"] and report["resume_replicated"]
     assert report["sync_stop"] == [False, True]
-    assert report["seconds"] < 300  # ~45 s on 2 cores

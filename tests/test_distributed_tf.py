@@ -34,7 +34,7 @@ PENALTIES = ("none", "gp", "valp")
 TOL = 1e-5
 # After VALP's critic steps (K = 0, so every pair is a violation) the generator's gradient through
 # the ReLU critic differs by up to ~4e-5 (float32 rounding moving activations across ReLU kinks,
-# SPEC "Float32 gradient drift"), which Adam's normalisation turns into ~2e-4 on generator weights.
+# README "The parity guarantee"), which Adam's normalisation turns into ~2e-4 on generator weights.
 TOL_VALP_GENERATOR = 1e-3
 
 

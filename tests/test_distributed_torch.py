@@ -40,7 +40,7 @@ WORLD = 2
 _DATA = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
 _VALP = {"penalty": "valp", "mode": "al", "K": 0.0, "rho": 0.5, "fraction": 0.5}  # K=0: mu moves
 # Parity scenarios: (penalty settings, dtype). VALP on half of each shard (random subsets).
-# Parity is asserted in float64 (SPEC: float32 rounding moves VALP's r_adv across ReLU kinks, and
+# Parity is asserted in float64 (float32 rounding moves VALP's r_adv across ReLU kinks, and
 # Adam turns the noise-level gradients of biases that BatchNorm cancels into ~lr-sized steps);
 # "valp32" checks the float32 path with an L2-relative tolerance per model.
 SCENARIOS = {"none": ({"penalty": "none"}, "float64"), "gp": ({"penalty": "gp"}, "float64"),

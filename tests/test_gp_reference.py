@@ -1,5 +1,5 @@
 """Each backend's GP and LP against the float64 NumPy reference (tests/reference.py), closed
-forms on linear critics, and the properties a gradient penalty must have (SPEC.md)."""
+forms on linear critics, and the properties a gradient penalty must have (paper eqs. 7 and 9)."""
 
 from __future__ import annotations
 

@@ -25,6 +25,8 @@ from train import logs as tlogs
 from train.config import TrainConfig, preset_config
 from train.loop import run_training
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REPO = Path(__file__).resolve().parents[1]
 _DATA = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
 
@@ -37,20 +39,6 @@ CRITIC_KEYS = {
     "lp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
     "none": _BASE,
 }
-
-
-@pytest.fixture(autouse=True)
-def _torch_one_thread(framework: str) -> object:
-    """Tiny torch models run fastest on one thread on a busy 2-core machine."""
-    if framework != "torch":
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_cfg(out: Path | str = "unused", **kw: object) -> TrainConfig:

@@ -1,6 +1,6 @@
 """Training configuration shared by the torch, TF and JAX WGAN trainers.
 
-``TrainConfig`` holds every knob; presets give the paper setup (SPEC "The reference training
+``TrainConfig`` holds every knob; presets give the paper setup (paper section 4, README "Training"
 setup") and a smoke setup that finishes in minutes on 2 CPU cores. ``build_parser`` is the one
 command line all three trainers expose; flags left unset keep the preset's value.
 """
@@ -19,7 +19,7 @@ from train.seeds import MAX_SEED, stream_seed
 from valr_core import ValpConfig
 from valr_core.config import Mode, Reduction, Start
 
-_CORE = ValpConfig()  # the core's defaults: one default per setting
+_CORE = ValpConfig()  # the core's defaults (the paper mode of each penalty: PAPER_MODES)
 LR_DECAYS = ("linear", "constant")
 DATASETS = ("cifar10", "digits", "folder")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|tpu(:\d+)?)$")
@@ -34,8 +34,31 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+# Logging and evaluation counts (intervals in generator iterations): name -> (default, help).
+# The TrainConfig fields and the command-line flags are both generated from this table.
+COUNTS: dict[str, tuple[int, str]] = {
+    "log_every": (100, "generator iterations between log rows (0: off)"),
+    "sample_every": (1000, "generator iterations between sample grids (0: off)"),
+    "checkpoint_every": (1000, "generator iterations between checkpoints (0: only at the end)"),
+    "keep_checkpoints": (3, "checkpoints kept on disk"),
+    "eval_every": (1000, "generator iterations between IS/FID/KID evaluations (0: off)"),
+    "eval_samples": (10_000, "samples per evaluation"),
+    "final_eval_samples": (50_000, "samples of the final evaluation"),
+    "n_sample_grid": (64, "images in each sample grid"),
+}
+
+_PenaltySettings = dataclasses.make_dataclass(
+    "_PenaltySettings",
+    [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(ValpConfig) if f.name in PENALTY_FIELDS])
+_CountSettings = dataclasses.make_dataclass(
+    "_CountSettings", [(name, int, field(default=default)) for name, (default, _) in COUNTS.items()])
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(_CountSettings, _PenaltySettings):
+    """Every setting of a training run. Penalty settings carry valr_core's names (one name from
+    flag to math); counts come from ``COUNTS``."""
+
     preset: str = "paper"
     framework: str = ""
 
@@ -64,21 +87,10 @@ class TrainConfig:
     critic_channels: int = 128
     image_size: int = 32
 
-    # Lipschitz penalty: the fields carry valr_core's names (VALP / GP / LP config fields), and
-    # their defaults are the core's; the ``paper`` preset sets the paper's choices explicitly.
+    # Lipschitz penalty: the fields come from valr_core's config (_PenaltySettings), by its names
+    # and with its defaults; the ``paper`` preset sets the paper's choices explicitly.
     penalty: str = "valp"
-    lam: float = _CORE.lam  # weight of gp / lp and of the "squared"/"linear" modes
-    reduction: str = _CORE.reduction
     mode: str | None = None  # None: the penalty's paper mode (train.penalties.PAPER_MODES)
-    rho: float = _CORE.rho  # AL coefficient (paper: rho = 0.01)
-    K: float = _CORE.K
-    xi: float = _CORE.xi
-    eps_min: float = _CORE.eps_min
-    eps_max: float = _CORE.eps_max
-    n_power: int = _CORE.n_power
-    start: str = _CORE.start
-    clip: tuple[float, float] | None = _CORE.clip
-    fraction: float = _CORE.fraction
 
     # reproducibility / io
     seed: int = 0
@@ -87,17 +99,9 @@ class TrainConfig:
     resume: str | None = None  # None: fresh run; "auto": latest in out dir if any; else a path
     device: str = "auto"
 
-    # intervals (in generator iterations; 0 disables)
-    log_every: int = 100
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
     # NaN/Inf loss: 0 stops the run; N > 0 rolls back to the last checkpoint up to N times,
     # skipping the batches drawn since (the data stream is not rewound).
     skip_nonfinite: int = 0
-    eval_every: int = 1000
-    eval_samples: int = 10_000
-    final_eval_samples: int = 50_000
     inception_weights: str | None = None
     n_sample_grid: int = 64
     tensorboard: bool = True
@@ -203,7 +207,7 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- presets
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # SPEC: CIFAR-10 ResNet WGAN, 200k iterations, VALP with the augmented Lagrangian on both
+    # Paper section 4: CIFAR-10 ResNet WGAN, 200k iterations, VALP with the augmented Lagrangian on both
     # batches (fraction 1: the paper's headline setting; --valp-fraction 0.5 is the half batch).
     "paper": {"clip": DATA_RANGE, "fraction": 1.0},
     # Minutes on 2 CPU cores: digits (ships with scikit-learn), tiny widths, 40 x 5 critic steps.
@@ -246,18 +250,6 @@ def lr_at(base_lr: float, step: int, total_steps: int, decay: str = "linear") ->
 
 def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
     parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-
-
-_INTERVAL_HELP = {
-    "log_every": "generator iterations between log rows (0: off)",
-    "sample_every": "generator iterations between sample grids (0: off)",
-    "checkpoint_every": "generator iterations between checkpoints (0: only at the end)",
-    "eval_every": "generator iterations between IS/FID/KID evaluations (0: off)",
-    "keep_checkpoints": "checkpoints kept on disk",
-    "eval_samples": "samples per evaluation",
-    "final_eval_samples": "samples of the final evaluation",
-    "n_sample_grid": "images in each sample grid",
-}
 
 
 def build_parser(framework: str = "", description: str | None = None) -> argparse.ArgumentParser:
@@ -318,9 +310,8 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
             g.add_argument(option, dest=name, type=kind, default=None, metavar=name.upper(), help=text)
 
     g = p.add_argument_group("logging and evaluation")
-    for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "keep_checkpoints",
-                 "eval_samples", "final_eval_samples", "n_sample_grid"):
-        g.add_argument(flag(name), dest=name, type=int, default=None, help=_INTERVAL_HELP[name])
+    for name, (_, text) in COUNTS.items():
+        g.add_argument(flag(name), dest=name, type=int, default=None, help=text)
     g.add_argument("--inception-weights", default=None, help="InceptionV3 weights (or env VALR_INCEPTION_WEIGHTS)")
     g.add_argument("--skip-nonfinite", dest="skip_nonfinite", type=int, default=None,
                    help="on a NaN/Inf loss, roll back to the last checkpoint and skip the batches since, at most N times "

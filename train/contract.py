@@ -2,7 +2,7 @@
 names and the checkpoint key schema. A framework trainer adds only what its framework forces:
 the autodiff call around these functions, the optimiser, and device placement.
 
-Objectives (SPEC "The reference training setup"): the critic minimises
+Objectives (paper section 4, WGAN-GP's CIFAR-10 setup; README "Training"): the critic minimises
 ``E f(G(z)) - E f(x) + penalty`` on one pass over concat([real, fake]) (whose scores VALP
 reuses), and the generator minimises ``-E f(G(z))``. Math goes through the framework's array
 namespace, so the same lines run on torch, TF and JAX tensors (and inside jit/tf.function).

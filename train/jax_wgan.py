@@ -1,6 +1,6 @@
 """JAX/flax WGAN trainer: ``python -m train.jax_wgan [--preset paper|smoke] [--penalty valp|gp|lp|none]``.
 
-Implements :class:`train.loop.Trainer` for the reference setup (SPEC "The reference training
+Implements :class:`train.loop.Trainer` for the reference setup (paper section 4, README "Training"
 setup"): the WGAN-GP CIFAR-10 ResNet (``models.jax_resnet``), Adam(lr, beta1, beta2) with the
 linear lr decay of :func:`train.config.lr_at`, an EMA of the generator's weights and BatchNorm
 statistics for sampling, and the shared penalties and objectives of :mod:`train.penalties` and

@@ -1,6 +1,6 @@
 """The TensorFlow WGAN trainer: ``python -m train.tf_wgan [--preset smoke] [--penalty valp|gp|lp|none]``.
 
-Implements :class:`train.loop.Trainer` for the reference setup (SPEC "The reference training
+Implements :class:`train.loop.Trainer` for the reference setup (paper section 4, README "Training"
 setup"): the Keras ResNet generator/critic of ``models.tf_resnet``, critic loss
 E f(G(z)) - E f(x) + penalty (``train.contract``, ``train.penalties``), generator
 loss -E f(G(z)), Adam(beta1, beta2) with the loop's linear lr decay, an EMA of all generator
@@ -216,7 +216,7 @@ class TfWGAN:
             constraint = reduced.pop("constraint")
             metrics = {"loss": reduced["penalty"] - reduced["wdist"], **reduced}
         self.opt_d.apply(grads, lr)  # identical on every replica: each updates its own copy
-        # AL multiplier step with this step's constraint, after the optimiser step (SPEC).
+        # AL multiplier step with this step's constraint, after the optimiser step (README "The augmented-Lagrangian convention").
         self.mu.assign(self.penalty.update(ALState(self.mu.read_value()), constraint).mu)
         metrics = contract.with_multiplier(metrics, ALState(self.mu.read_value()))
         self._critic_keys = list(metrics)  # trace-time bookkeeping: the order of the stacked vector

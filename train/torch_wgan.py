@@ -1,4 +1,4 @@
-"""PyTorch WGAN trainer (SPEC "The reference training setup"): ``python -m train.torch_wgan``.
+"""PyTorch WGAN trainer (paper section 4; README "Training"): ``python -m train.torch_wgan``.
 
 Implements :class:`train.loop.Trainer`; the shared loop does data, schedule, logs, checkpoints
 and resume, and :mod:`train.contract` the objectives, metric names and checkpoint keys. This

@@ -1,4 +1,4 @@
-"""The VALP algorithm (paper eqs. 16-24; SPEC.md), framework-free.
+"""The VALP algorithm (paper eqs. 16-24), framework-free.
 
 Split in two so tests can inject fixed draws: ``sample_draws`` consumes randomness, and
 ``compute_violations`` is deterministic given the draws.

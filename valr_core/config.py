@@ -59,7 +59,7 @@ class GradientPenaltyConfig(PenaltyConfig):
 
 @dataclass(frozen=True)
 class ValpConfig(PenaltyConfig):
-    """Hyperparameters of the penalty; defaults are the paper's (section 4) and SPEC.md's.
+    """Hyperparameters of the penalty; defaults are the paper's (section 4).
 
     K: Lipschitz constant to enforce. xi: finite-difference step of the power iteration.
     eps_min/eps_max: per-sample perturbation radius range. n_power: power iterations (0 = random

@@ -28,7 +28,7 @@ from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
 from .registry import get_backend, resolve_backend
 
-# Squared norms at or below this are treated as 0: sqrt's derivative stays finite (SPEC.md).
+# Squared norms at or below this are treated as 0: sqrt's derivative stays finite.
 _SQUARE_FLOOR = {"float16": 6.2e-5, "bfloat16": 1.2e-38, "float32": 1.2e-38, "float64": 2.3e-308}
 
 
