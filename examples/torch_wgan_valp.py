@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300, help="generator steps")
     ap.add_argument("--n-critic", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr-critic", type=float, default=2e-3)
+    ap.add_argument("--lr-gen", type=float, default=1e-4)
+    ap.add_argument("--eps-max", type=float, default=3.0, help="largest VALP radius: the scale of the gaps between the distributions")
+    ap.add_argument("--rho", type=float, default=1.0)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -48,9 +52,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     rng = np.random.default_rng(args.seed)
     gen, critic = mlp(2, 2), mlp(2, 1)
     # Radii matched to the data's scale (the paper's eps up to 10 suit [-1, 1] images, not this).
-    valp = VALPModule(mode="al", rho=1.0, xi=1.0, eps_min=0.01, eps_max=1.0, seed=args.seed)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-4, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.5, 0.9))
+    valp = VALPModule(mode="al", rho=args.rho, xi=1.0, eps_min=0.01, eps_max=args.eps_max, seed=args.seed)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr_gen, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr_critic, betas=(0.5, 0.9))
     real_eval, z_eval = torch.from_numpy(eight_gaussians(rng, 512)), torch.randn(512, 2)
 
     history: list[dict[str, float]] = []
