@@ -32,7 +32,7 @@ _DATA = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint
 _BASE = {"loss", "wdist", "mu", "penalty"}
 _VIOLATIONS = {"mean_violation", "max_violation", "violating_fraction"}
 CRITIC_KEYS = {
-    "valp": _BASE | _VIOLATIONS | {"mean_quotient", "max_quotient"},
+    "valp": _BASE | _VIOLATIONS | {"mean_quotient", "max_quotient", "dropped_fraction"},
     "gp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
     "lp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
     "none": _BASE,

@@ -62,5 +62,10 @@ class Backend(Protocol):
         """Raise ``ValueError`` naming ``what`` if ``x`` holds NaN/Inf where the values are
         known (eager); inside a compiled graph, check at run time or pass through. Returns x."""
 
+    def require(self, x: Tensor, condition: Tensor, message: str) -> Tensor:
+        """Raise ``ValueError(message)`` if the scalar ``condition`` is false where its value is
+        known; inside a compiled graph, assert at run time. Returns x (TF: with the assertion
+        as a control dependency). Used for checks on dynamic shapes."""
+
     def frozen_state(self, critic: Any) -> AbstractContextManager[None]:
         """Context in which calling ``critic`` leaves its normalisation statistics unchanged."""

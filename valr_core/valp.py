@@ -18,6 +18,7 @@ from .base import PenaltyBase
 from .config import ValpConfig
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
+from .precision import multiplier_like
 from .registry import resolve_backend
 
 
@@ -89,15 +90,17 @@ class VALP(ValpConfig, PenaltyBase):
     ) -> tuple[Tensor, ValpAux]:
         """The penalty term to add to the critic's loss, and diagnostics.
 
-        critic: callable (m, ...) -> (m,) or (m, k). rng: torch.Generator / tf.random.Generator
+        critic: callable (m, ...) -> (m,), (m, 1) or (m, k). rng: torch.Generator / tf.random.Generator
         / JAX key (or fixed ``draws``). state: ALState for mode="al". fx: critic(x), if already
         computed, to save a forward pass. freeze: the nn.Module / Keras model whose BatchNorm
         statistics VALP's passes must leave untouched when ``critic`` is a plain function.
+        For float16/bfloat16 inputs or critics the penalty, violations, constraint and stats are
+        float32 (valr_core.precision); ``valp/dropped_fraction`` counts the dropped pairs.
         """
         backend, x = self.resolve(x)
         result, rng = self._violations(backend, critic, x, rng, draws, fx, freeze)
         xp = backend.namespace(x)
-        value = penalty(xp, self, result.violations, state)
+        value = penalty(xp, self, result.violations, multiplier_like(backend, state, result.violations))
         L = backend.stop_gradient(result.violations)
         q = backend.stop_gradient(result.quotients)
         constraint = reduce(xp, L, self.reduction)
@@ -108,6 +111,7 @@ class VALP(ValpConfig, PenaltyBase):
             "valp/mean_quotient": xp.mean(q),
             "valp/max_quotient": xp.max(q),
             "valp/violating_fraction": xp.mean(xp.where(L > 0, xp.ones_like(L), xp.zeros_like(L))),
+            "valp/dropped_fraction": xp.mean(xp.where(result.kept, xp.zeros_like(L), xp.ones_like(L))),
         }
         if state is not None:
             stats["valp/mu"] = state.mu
