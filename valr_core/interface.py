@@ -63,9 +63,10 @@ class Backend(Protocol):
         known (eager); inside a compiled graph, check at run time or pass through. Returns x."""
 
     def require(self, x: Tensor, condition: Tensor, message: str) -> Tensor:
-        """Raise ``ValueError(message)`` if the scalar ``condition`` is false where its value is
-        known; inside a compiled graph, assert at run time. Returns x (TF: with the assertion
-        as a control dependency). Used for checks on dynamic shapes."""
+        """Raise ``ValueError(message)`` if the scalar ``condition`` is false where reading it is
+        free (a Python bool, a CPU value); inside a TF graph, assert at run time; skip it where
+        reading it would cost a host sync (accelerators) or is impossible (jit). Returns x (TF:
+        with the assertion as a control dependency)."""
 
     def frozen_state(self, critic: Any) -> AbstractContextManager[None]:
         """Context in which calling ``critic`` leaves its normalisation statistics unchanged."""

@@ -43,3 +43,7 @@ def multiplier_like(backend: Backend, state: Any, like: Tensor) -> Any:
     if state is None or isinstance(state.mu, float) or not backend.is_tensor(state.mu):
         return state
     return state._replace(mu=astype(backend, state.mu, like.dtype))
+
+
+# Unit roundoff 2**-p of each floating dtype: |fl(v) - v| <= UNIT_ROUNDOFF * |v|.
+UNIT_ROUNDOFF = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "float64": 2.0**-53}
