@@ -282,17 +282,15 @@ def test_tf_graph_shape_and_empty_batch_checks() -> None:
 
     with pytest.raises(ValueError, match=r"one output per sample: got shape \(3,\) for a batch of 16"):
         tf.function(loss)(tf.constant(np.ones((16, 7))), tf.random.Generator.from_seed(0))
-    dynamic = tf.function(loss, input_signature=[tf.TensorSpec([None, 7], tf.float64), tf.TensorSpec(None, tf.resource)])
-    spec = tf.function(lambda x: valp.loss(lambda z: tf.linalg.matvec(z, w)[:3], x, tf.random.Generator.from_seed(0))[0],
-                       input_signature=[tf.TensorSpec([None, 7], tf.float64)])
+    gen = tf.random.Generator.from_seed(0)
+    spec = [tf.TensorSpec([None, 7], tf.float64)]
+    wrong = tf.function(lambda x: valp.loss(lambda z: tf.linalg.matvec(z, w)[:3], x, gen)[0], input_signature=spec)
     with pytest.raises(tf.errors.InvalidArgumentError, match="batch size differs"):
-        spec(tf.constant(np.ones((16, 7))))
-    empty = tf.function(lambda x: valp.loss(lambda z: tf.linalg.matvec(z, w), x, tf.random.Generator.from_seed(0))[0],
-                        input_signature=[tf.TensorSpec([None, 7], tf.float64)])
+        wrong(tf.constant(np.ones((16, 7))))
+    empty = tf.function(lambda x: valp.loss(lambda z: tf.linalg.matvec(z, w), x, gen)[0], input_signature=spec)
     with pytest.raises(tf.errors.InvalidArgumentError, match="empty batch"):
         empty(tf.constant(np.ones((0, 7))))
     assert np.isfinite(empty(tf.constant(np.ones((5, 7)))).numpy())
-    del dynamic
 
 
 # ============================================================================ fallback
