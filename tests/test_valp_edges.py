@@ -430,7 +430,7 @@ def test_stateful_accumulates_every_call_and_resumes_exactly(framework: str, red
 
 
 @pytest.mark.framework("torch")
-def test_torch_autocast_bf16_and_float16_critics() -> None:
+def test_torch_autocast_bf16_critic() -> None:
     import torch
 
     x, w = _problem()
