@@ -60,8 +60,19 @@ class JaxBackend:
     def check_finite(self, x: jax.Array, what: str) -> jax.Array:
         if isinstance(x, jax.core.Tracer):
             return x  # under jit the values are unknown; wrap in jax.experimental.checkify if needed
+        if any(d.platform != "cpu" for d in x.devices()):
+            # No host sync on accelerators: NaN/Inf anywhere make all of x (hence the penalty) NaN.
+            return jnp.where(jnp.isfinite(x).all(), x, jnp.nan)
         if not bool(np.isfinite(np.asarray(x)).all()):
             raise ValueError(f"{what} contains NaN or Inf values")
+        return x
+
+    def require(self, x: Any, condition: Any, message: str) -> Any:
+        if isinstance(condition, jax.Array) and (isinstance(condition, jax.core.Tracer)
+                                                 or any(d.platform != "cpu" for d in condition.devices())):
+            return x  # unknown under jit / a host sync on accelerators: not checked (checkify can)
+        if not bool(condition):
+            raise ValueError(message)
         return x
 
     @contextmanager

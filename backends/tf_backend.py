@@ -11,12 +11,23 @@ import tensorflow.experimental.numpy as tnp
 
 
 def _layers_of(critic: Any) -> list[Any]:
+    """Keras BatchNormalization layers behind a critic: itself, the owner of a bound method, a
+    partial's func and arguments, and the layers/models a plain function closes over."""
     import keras
 
-    owners = [c for c in (critic, getattr(critic, "__self__", None), getattr(critic, "func", None)) if isinstance(c, keras.layers.Layer)]
-    found = []
-    for owner in owners:
-        found.extend(layer for layer in owner._flatten_layers(include_self=True) if isinstance(layer, keras.layers.BatchNormalization))
+    candidates = [critic, getattr(critic, "__self__", None), getattr(critic, "func", None)]
+    candidates += list(getattr(critic, "args", ()) or ()) + list((getattr(critic, "keywords", None) or {}).values())
+    for cell in getattr(critic, "__closure__", None) or ():
+        try:
+            candidates.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    found: list[Any] = []
+    for owner in candidates:
+        if isinstance(owner, keras.layers.Layer):
+            for layer in owner._flatten_layers(include_self=True):
+                if isinstance(layer, keras.layers.BatchNormalization) and all(layer is not f for f in found):
+                    found.append(layer)
     return found
 
 
@@ -81,17 +92,36 @@ class TfBackend:
             return x
         return tf.debugging.assert_all_finite(x, f"{what} contains NaN or Inf values")
 
+    def require(self, x: tf.Tensor, condition: tf.Tensor, message: str) -> tf.Tensor:
+        if tf.executing_eagerly():
+            if not bool(condition):
+                raise ValueError(message)
+            return x
+        check = tf.debugging.Assert(condition, [message])
+        with tf.control_dependencies([check]):
+            return tf.identity(x)
+
     @contextmanager
     def frozen_state(self, critic: Any) -> Iterator[None]:
         # Keras BatchNorm assigns its moving statistics when called in training mode; the
-        # extra VALP passes must not, so snapshot them and assign the snapshot back after.
-        variables = [v for layer in _layers_of(critic) for v in (layer.moving_mean, layer.moving_variance)]
+        # extra VALP passes must not, so snapshot them and assign the snapshot back after. A
+        # layer not built yet (a model never called before) has no statistics to snapshot: the
+        # pass builds it, and its statistics are reset to their initial values after.
+        layers = _layers_of(critic)
+        built = [layer for layer in layers if layer.built]
+        unbuilt = [layer for layer in layers if not layer.built]
+        variables = [v for layer in built for v in (layer.moving_mean, layer.moving_variance)]
         saved = [tf.identity(v.value) for v in variables]
         try:
             yield
         finally:
             for v, value in zip(variables, saved, strict=True):
                 v.assign(value)
+            for layer in unbuilt:
+                if layer.built:
+                    for v, init in ((layer.moving_mean, layer.moving_mean_initializer),
+                                    (layer.moving_variance, layer.moving_variance_initializer)):
+                        v.assign(init(v.shape, v.dtype))
 
 
 BACKEND = TfBackend()

@@ -88,6 +88,7 @@ def test_settings_reach_the_core_by_one_name() -> None:
     (["--seed", "99999999999999999999"], "--seed"),
     (["--seed", "-1"], "--seed"),
     (["--data-seed", str(2**40)], "--data-seed"),
+    (["--precision", "fp16"], "--precision"),
 ])
 def test_invalid_values_exit_2_naming_the_flag(argv: list[str], flag: str,
                                                capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,3 +161,10 @@ def test_replica_reductions_follow_the_penalty() -> None:
         "penalty": "sum", "constraint": "sum", "wdist": "mean", "mean_violation": "mean",
         "max_violation": "max", "max_quotient": "max", "mu": "mean"}
     assert penalties.replica_reduction("penalty", "max") == "max"
+
+
+def test_precision_flag_reaches_the_config() -> None:
+    assert parse_config(["--preset", "smoke"]).precision == "fp32"
+    assert parse_config(["--preset", "smoke", "--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(ConfigError, match="--precision must be one of"):
+        TrainConfig(precision="fp16").validate()

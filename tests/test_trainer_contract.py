@@ -34,7 +34,7 @@ _DATA = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint
 _BASE = {"loss", "wdist", "mu", "penalty"}
 _VIOLATIONS = {"mean_violation", "max_violation", "violating_fraction"}
 CRITIC_KEYS = {
-    "valp": _BASE | _VIOLATIONS | {"mean_quotient", "max_quotient"},
+    "valp": _BASE | _VIOLATIONS | {"mean_quotient", "max_quotient", "dropped_fraction"},
     "gp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
     "lp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
     "none": _BASE,
@@ -187,8 +187,11 @@ def _stopping(framework: str, cfg: TrainConfig, stop_at: int) -> object:
     return type("Stopping", (base,), {"generator_step": generator_step})(cfg)
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(framework: str, tmp_path: Path) -> None:
-    kw = dict(penalty="valp", fraction=0.5)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_interrupted_and_resumed_run_equals_uninterrupted(framework: str, precision: str, tmp_path: Path) -> None:
+    """Also the --precision bf16 path (autocast / mixed_bfloat16 / bf16 JAX params): finite
+    metrics, float32 weights and mu, and a bitwise-exact resume."""
+    kw = dict(penalty="valp", fraction=0.5, precision=precision)
     full = tiny_cfg(tmp_path / "full", **kw)
     assert run_training(make(framework, full), full, data=_DATA).status == "completed"
     cut = tiny_cfg(tmp_path / "cut", **kw)
@@ -210,6 +213,9 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(framework: str, tmp_pa
                 for r in tlogs.read_jsonl(tmp_path / run / "metrics.jsonl")]
 
     assert rows("full") == rows("cut")
+    assert all(math.isfinite(v) for r in rows("full") for v in r.values() if isinstance(v, float))
+    assert all(v.dtype.itemsize >= 4 for v in a.arrays.values() if v.dtype.kind == "f")  # no bf16 weights
+    assert a.arrays["trainer/" + contract.MU_KEY].dtype == np.float32
 
 
 # ============================================================================ command line

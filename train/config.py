@@ -22,6 +22,7 @@ from valr_core.config import Mode, Reduction, Start
 _CORE = ValpConfig()  # the core's defaults (the paper mode of each penalty: PAPER_MODES)
 LR_DECAYS = ("linear", "constant")
 DATASETS = ("cifar10", "digits", "folder")
+PRECISIONS = ("fp32", "bf16")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|tpu(:\d+)?)$")
 
 
@@ -86,6 +87,10 @@ class TrainConfig(_CountSettings, _PenaltySettings):
     gen_channels: int = 256
     critic_channels: int = 128
     image_size: int = 32
+    # fp32, or bf16: the critic's and generator's forward passes in bfloat16 (torch autocast,
+    # a Keras mixed_bfloat16 policy, bfloat16 JAX activations); weights, optimiser state, the
+    # losses and the penalty's multiplier stay float32 (valr_core's precision policy).
+    precision: str = "fp32"
 
     # Lipschitz penalty: the fields come from valr_core's config (_PenaltySettings), by its names
     # and with its defaults; the ``paper`` preset sets the paper's choices explicitly.
@@ -178,6 +183,7 @@ class TrainConfig(_CountSettings, _PenaltySettings):
                      "critic_channels", "keep_checkpoints", "n_sample_grid"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(self.image_size == 32, "image_size", "must be 32 (the reference architecture)")
+        need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "eval_samples",
                      "final_eval_samples", "skip_nonfinite"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name,
@@ -296,6 +302,9 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--z-dim", type=int, default=None, help="latent size")
     g.add_argument("--gen-channels", type=int, default=None, help="generator width")
     g.add_argument("--critic-channels", type=int, default=None, help="critic width")
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="bf16: critic and generator forward passes in bfloat16 (torch autocast, Keras "
+                        "mixed_bfloat16, bf16 JAX activations); weights, optimiser, losses and mu stay float32")
 
     g = p.add_argument_group("penalty (valr_core's settings; defaults: the paper preset's)")
     g.add_argument("--penalty", choices=PENALTIES, default=None, help="which Lipschitz penalty")

@@ -102,6 +102,7 @@ class StepSpec:
     # Data-parallel: the batch sharding (NamedSharding(mesh, P("data"))) the per-sample work is
     # constrained to; None on one device (then the traced program is the single-device one).
     batch_sharding: Any = None
+    precision: str = "fp32"  # bf16: forward passes with bfloat16 params and activations
 
     @property
     def generator(self) -> Generator:
@@ -120,7 +121,8 @@ class StepSpec:
 def step_spec(cfg: TrainConfig) -> StepSpec:
     model = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
                          critic_channels=cfg.critic_channels, image_size=cfg.image_size)
-    return StepSpec(model, penalty_from_config(cfg, "jax"), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay)
+    return StepSpec(model, penalty_from_config(cfg, "jax"), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay,
+                    precision=cfg.precision)
 
 
 def init_state(spec: StepSpec, key: jax.Array, streams: Streams) -> TrainState:
@@ -160,11 +162,26 @@ def _shard(spec: StepSpec, x: jax.Array) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec.batch_sharding)
 
 
+def _compute(spec: StepSpec, tree: Any) -> Any:
+    """--precision bf16: a forward pass's params and inputs in bfloat16 (the float32 master
+    params get the gradients through the cast); the identity for fp32."""
+    if spec.precision != "bf16":
+        return tree
+    return jax.tree.map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
+
+
 def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tuple[jax.Array, Params]:
-    """Training-mode generator pass: batch statistics, and the updated running statistics."""
-    fake, updates = spec.generator.apply({"params": params, "batch_stats": stats}, z, train=True,
-                                         mutable=["batch_stats"])
-    return fake, updates["batch_stats"]
+    """Training-mode generator pass: batch statistics, and the updated running statistics
+    (float32 images, whatever the compute precision)."""
+    fake, updates = spec.generator.apply({"params": _compute(spec, params), "batch_stats": stats},
+                                         _compute(spec, z), train=True, mutable=["batch_stats"])
+    stats_new = jax.tree.map(lambda new, old: new.astype(old.dtype), updates["batch_stats"], stats)
+    return fake.astype(jnp.float32), stats_new
+
+
+def _critic_apply(spec: StepSpec, params: Params, x: jax.Array) -> jax.Array:
+    """The critic's scores (bfloat16 under --precision bf16: valr_core's penalty handles that)."""
+    return spec.critic.apply({"params": _compute(spec, params)}, _compute(spec, x))
 
 
 def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -177,10 +194,10 @@ def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Arra
 
     def loss_fn(params: Params) -> tuple[jax.Array, tuple[Any, ...]]:
         def critic(x: jax.Array) -> jax.Array:
-            return spec.critic.apply({"params": params}, _shard(spec, x))
+            return _critic_apply(spec, params, _shard(spec, x))
 
         # One pass over real and fake together; VALP reuses these scores (no BatchNorm in the critic).
-        scores = critic(jnp.concatenate([real, fake], axis=0))
+        scores = critic(jnp.concatenate([real, fake], axis=0)).astype(jnp.float32)
         loss, metrics, out = contract.critic_objective(spec.penalty, critic, real, fake, state.rng.penalty,
                                                        state.penalty, scores)
         return loss, (metrics, out)
@@ -200,7 +217,7 @@ def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[Tr
 
     def loss_fn(params: Params) -> tuple[jax.Array, Params]:
         fake, g_stats = _generate(spec, params, state.gen_stats, z)
-        return contract.generator_objective(jnp, spec.critic.apply({"params": state.critic}, fake)), g_stats
+        return contract.generator_objective(jnp, _critic_apply(spec, state.critic, fake).astype(jnp.float32)), g_stats
 
     (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.gen)
     g_params, g_opt = _adam_step(spec, grads, state.opt_g, state.gen, lr)

@@ -10,7 +10,7 @@ All the math is valr_core's (``VALP``, ``GP``, ``LP``): VALP on concat([real, fa
 ``fraction`` of it), GP/LP at interpolates of real and fake. This module only chooses which one,
 concatenates, and names the statistics the same way for every penalty and framework: the core's
 stat names without their family prefix (``penalty``, ``mean_violation``, ``max_violation``,
-``violating_fraction``, VALP's ``mean_quotient``/``max_quotient``, GP/LP's
+``violating_fraction``, VALP's ``mean_quotient``/``max_quotient``/``dropped_fraction``, GP/LP's
 ``mean_grad_norm``/``max_grad_norm``, and ``mu`` in AL mode).
 """
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from valr_core import GP, LP, VALP, ALState, get_backend, sample_alphas, sample_draws
+from valr_core.precision import work_dtype
 
 PENALTIES = ("valp", "gp", "lp", "none")
 # Each penalty's mode in its paper: VALP's augmented Lagrangian (eqs. 25-26); WGAN-GP's and
@@ -95,7 +96,8 @@ class Penalty:
         if self.core is None:
             zero = xp.zeros((), dtype=real.dtype)
             return zero, PenaltyOut({"penalty": zero}, zero, rng)
-        mu = xp.asarray(state.mu, dtype=real.dtype)
+        # mu in the core's work dtype (float32; float64 for float64 batches): never rounded to bf16.
+        mu = xp.asarray(state.mu, dtype=getattr(xp, work_dtype(backend, real)))
         core_state = ALState(mu) if self.uses_al else None
         if draws is None and not backend.is_rng(rng):
             draws, rng = self.draws(real, fake, rng)  # a stateless stream (see draws)

@@ -30,7 +30,7 @@ import contextlib
 import os
 import sys
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +54,21 @@ from valr_core import ALState  # noqa: E402
 
 FRAMEWORK = "tf"
 ADAM_EPS = 1e-8  # torch/optax default; Keras's is 1e-7
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """--precision bf16: models built under Keras' mixed_bfloat16 policy (bfloat16 compute,
+    float32 variables); the trainer casts their outputs to float32 for the losses."""
+    if precision != "bf16":
+        yield
+        return
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
 
 
 def _device_name(device: str) -> str | None:
@@ -137,7 +152,7 @@ class TfWGAN:
         self.is_chief = True if strategy is None else bool(strategy.extended.should_checkpoint)
         rc = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
                           critic_channels=cfg.critic_channels, image_size=cfg.image_size)
-        with self._on_device():
+        with self._on_device(), _dtype_policy(cfg.precision):
             self.gen = tf_resnet.build_generator(rc)
             self.critic = tf_resnet.build_critic(rc)
             self.gen_ema = tf_resnet.build_generator(rc)
@@ -170,7 +185,8 @@ class TfWGAN:
         else:
             self._critic_fn = tf.function(self._distributed_critic_step, autograph=False)
             self._gen_fn = tf.function(self._distributed_generator_step, autograph=False)
-        self._sample_fn = tf.function(lambda z: self.gen_ema(z, training=False), reduce_retracing=True, autograph=False)
+        self._sample_fn = tf.function(lambda z: tf.cast(self.gen_ema(z, training=False), tf.float32),
+                                      reduce_retracing=True, autograph=False)
 
     def _on_device(self, scoped: bool = True) -> contextlib.AbstractContextManager:
         if self.strategy is not None:
@@ -197,12 +213,12 @@ class TfWGAN:
 
     def _critic_update(self, real: tf.Tensor, z: tf.Tensor, rng: object, lr: tf.Tensor) -> tf.Tensor:
         replicas, how = self.replicas, self.penalty.reduction
-        fake = tf.stop_gradient(self.gen(z, training=True))
+        fake = tf.stop_gradient(tf.cast(self.gen(z, training=True), real.dtype))
         critic_vars = list(self.opt_d.variables.values())
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(critic_vars)
             # One pass over both halves (the critic has no BatchNorm); VALP reuses these scores.
-            scores = self.critic(tf.concat([real, fake], axis=0), training=True)
+            scores = tf.cast(self.critic(tf.concat([real, fake], axis=0), training=True), tf.float32)
             loss, metrics, out = contract.critic_objective(
                 self.penalty, self.critic, real, fake, rng, ALState(self.mu.read_value()), scores,
                 wdist_weight=1.0 / replicas,
@@ -234,7 +250,7 @@ class TfWGAN:
         gen_vars = list(self.opt_g.variables.values())
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(gen_vars)
-            loss = contract.generator_objective(tnp, self.critic(self.gen(z, training=True), training=True))
+            loss = contract.generator_objective(tnp, tf.cast(self.critic(self.gen(z, training=True), training=True), tf.float32))
             share = loss / self.replicas
         grads = tape.gradient(share, gen_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         if self.replicas > 1:

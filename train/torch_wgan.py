@@ -175,6 +175,11 @@ class TorchWGAN:
             self._gen_train, self._gen_plain = torch.compile(self._gen_train), torch.compile(self.gen)
             self._critic_train, self._critic_plain = torch.compile(self._critic_train), torch.compile(self.critic)
 
+    def _autocast(self) -> torch.autocast:
+        """--precision bf16: the critic's and generator's forward passes (VALP's included) in
+        bfloat16 by autocast; weights, Adam, losses and mu stay float32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
     def sync_stop(self, requested: bool) -> bool:
         """The loop's stop agreement: True on every replica when any replica got a signal."""
         return any_replica(requested, self.device) if self.dist is not None else requested
@@ -200,15 +205,17 @@ class TorchWGAN:
             real, z = real[self._real_rows], z[self._real_rows]
         real_t = self._to_nchw(real)
         n = real_t.shape[0]
-        with torch.no_grad():
-            fake = self._gen_plain(z)  # train-mode BN, as in the reference code
-        # One pass on both halves (the critic has no normalisation); VALP reuses the outputs.
-        # Under DDP this is the one forward through the wrapper; the penalty's extra passes use
-        # the inner module and backward runs once, so each gradient is all-reduced once.
-        scores = self._critic_train(torch.cat([real_t, fake])).reshape(2 * n, -1)
-        weight = 1.0 if self.dist is None else self._penalty_scale
-        loss, out, pen = contract.critic_objective(self.penalty, self._critic_plain, real_t, fake,
-                                                   self.rng_penalty, self.al_state, scores, penalty_weight=weight)
+        with torch.no_grad(), self._autocast():
+            fake = self._gen_plain(z).to(self._dtype)  # train-mode BN, as in the reference code
+        with self._autocast():
+            # One pass on both halves (the critic has no normalisation); VALP reuses the outputs.
+            # Under DDP this is the one forward through the wrapper; the penalty's extra passes use
+            # the inner module and backward runs once, so each gradient is all-reduced once.
+            scores = self._critic_train(torch.cat([real_t, fake])).reshape(2 * n, -1)
+            weight = 1.0 if self.dist is None else self._penalty_scale
+            loss, out, pen = contract.critic_objective(self.penalty, self._critic_plain, real_t, fake,
+                                                       self.rng_penalty, self.al_state, scores.float(),
+                                                       penalty_weight=weight)
         self.rng_penalty = pen.rng
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -251,7 +258,8 @@ class TorchWGAN:
             z = z[self._gen_rows]
         self.critic.requires_grad_(False)  # no critic weight gradients in the generator pass
         try:
-            loss = contract.generator_objective(torch, self._critic_plain(self._gen_train(z)))
+            with self._autocast():
+                loss = contract.generator_objective(torch, self._critic_plain(self._gen_train(z)).float())
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         finally:

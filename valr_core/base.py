@@ -7,6 +7,7 @@ from typing import Any
 
 from .interface import Backend, Tensor
 from .objectives import ALState, multiplier_update
+from .precision import astype, work_dtype
 from .registry import resolve_backend
 
 
@@ -26,12 +27,13 @@ class PenaltyBase:
 
     # -- augmented-Lagrangian state ------------------------------------------------------------
     def init_state(self, like: Tensor | None = None) -> ALState:
-        """mu = 0, as a scalar of ``like``'s framework and dtype (or a Python float)."""
+        """mu = 0, a scalar of ``like``'s framework and device (or a Python float): float32
+        whatever ``like``'s dtype (float64 for float64), so a bfloat16 mu still moves."""
         if like is None:
             return ALState(0.0)
         backend = resolve_backend(self.backend, like)
         xp = backend.namespace(like)
-        return ALState(xp.sum(xp.zeros_like(like[:1])))
+        return ALState(xp.sum(astype(backend, xp.zeros_like(like[:1]), work_dtype(backend, like))))
 
     def update(self, state: ALState, constraint: Tensor) -> ALState:
         """The AL multiplier step mu <- max(0, mu + rho * constraint); pure.
@@ -39,8 +41,14 @@ class PenaltyBase:
         In data-parallel training, average ``constraint`` over replicas before calling."""
         if isinstance(state.mu, float) and isinstance(constraint, float):
             return ALState(max(0.0, state.mu + self.rho * constraint))
-        backend = resolve_backend(self.backend, constraint if not isinstance(constraint, float) else state.mu)
-        return multiplier_update(backend.namespace(constraint), self, state, constraint)
+        tensor = constraint if not isinstance(constraint, float) else state.mu
+        backend = resolve_backend(self.backend, tensor)
+        xp = backend.namespace(tensor)
+        # In the work dtype (float32 for float16/bfloat16): rho * constraint must not round away.
+        work = work_dtype(backend, *(t for t in (state.mu, constraint) if not isinstance(t, float)))
+        mu = state.mu if isinstance(state.mu, float) else astype(backend, state.mu, work)
+        c = constraint if isinstance(constraint, float) else astype(backend, constraint, work)
+        return multiplier_update(xp, self, ALState(mu), c)
 
     # -- input checks ------------------------------------------------------------------------
     def _check_input(self, backend: Backend, x: Tensor, what: str = "x") -> Tensor:
@@ -49,8 +57,12 @@ class PenaltyBase:
         shape = backend.shape(x)
         if len(shape) < 1:
             raise ValueError(f"{what} must have a batch dimension: shape (N, ...), got a scalar")
-        if isinstance(shape[0], int) and shape[0] == 0:
-            raise ValueError(f"{what} must hold at least one sample, got an empty batch of shape {tuple(shape)}")
+        empty = f"{what} must hold at least one sample, got an empty batch"
+        if isinstance(shape[0], int):
+            if shape[0] == 0:
+                raise ValueError(f"{empty} of shape {tuple(shape)}")
+        else:  # a dynamic batch size (TF graphs): checked when the graph runs
+            x = backend.require(x, shape[0] > 0, empty)
         if self.check_finite:
             x = backend.check_finite(x, what)
         return x

@@ -14,8 +14,22 @@ import einops
 Tensor = Any
 Distance = Callable[[Tensor, Tensor], Tensor]
 
-# Floors keep sqrt away from 0 (whose gradient is infinite) and quotients finite.
+# Floors keep sqrt away from 0 (whose gradient is infinite). TINY is the float32/float64
+# floor; in float16/bfloat16 it would round to 0, so floors are looked up per dtype.
 TINY = 1e-12
+_SMALLEST_NORMAL = {"float16": 6.1e-5, "bfloat16": 1.2e-38, "float32": 1.2e-38, "float64": 2.3e-308}
+
+
+def square_floor_for(dtype_name: str) -> float:
+    """The floor of a squared norm in ``dtype_name``: TINY**2, or the dtype's smallest normal
+    number where TINY**2 would underflow to 0 (float16)."""
+    return max(TINY * TINY, _SMALLEST_NORMAL.get(dtype_name, 0.0))
+
+
+def _dtype_name(x: Tensor) -> str:
+    from .registry import backend_for
+
+    return backend_for(x).dtype_name(x)
 
 
 def per_sample(x: Tensor, how: str) -> Tensor:
@@ -29,20 +43,26 @@ def _xp(x: Tensor) -> Any:
     return backend_for(x).namespace(x)
 
 
+def tie_abs(xp: Any, v: Tensor) -> Tensor:
+    """|v| whose derivative at v = 0 is 0 in every framework (JAX's abs has +1 there): an
+    exact tie f(x) = f(x + r) gives a zero gradient, hence the same fallback everywhere."""
+    return xp.where(v == 0, xp.zeros_like(v), xp.abs(v))
+
+
 def l1(a: Tensor, b: Tensor) -> Tensor:
     xp = _xp(a)
-    return per_sample(xp.abs(a - b), "sum")
+    return per_sample(tie_abs(xp, a - b), "sum")
 
 
 def l2(a: Tensor, b: Tensor) -> Tensor:
     xp = _xp(a)
     diff = a - b
-    return xp.sqrt(xp.clip(per_sample(diff * diff, "sum"), TINY * TINY, None))
+    return xp.sqrt(xp.clip(per_sample(diff * diff, "sum"), square_floor_for(_dtype_name(diff)), None))
 
 
 def linf(a: Tensor, b: Tensor) -> Tensor:
     xp = _xp(a)
-    return per_sample(xp.abs(a - b), "max")
+    return per_sample(tie_abs(xp, a - b), "max")
 
 
 def one(a: Tensor, b: Tensor) -> Tensor:
@@ -65,6 +85,8 @@ def kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
 
 
 INPUT_DISTANCES: dict[str, Distance] = {"l1": l1, "l2": l2, "linf": linf, "one": one}
+# The norm distances d_X(x, x + r) = ||r||: eq. 18 rescales r_adv by them (the others keep l2).
+NORM_DISTANCES = ("l1", "l2", "linf")
 OUTPUT_DISTANCES: dict[str, Distance] = {"abs": l1, "l1": l1, "l2": l2, "linf": linf, "kl": kl}
 
 

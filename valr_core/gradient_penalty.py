@@ -26,6 +26,7 @@ from .config import GradientPenaltyConfig
 from .distances import per_sample
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
+from .precision import astype, multiplier_like, work_dtype
 from .registry import get_backend, resolve_backend
 
 # Squared norms at or below this are treated as 0: sqrt's derivative stays finite.
@@ -51,10 +52,12 @@ def sample_alphas(backend: Backend | str, real: Tensor, rng: Rng) -> tuple[Tenso
 
 def safe_norm(backend: Backend, g: Tensor) -> Tensor:
     """Per-sample l2 norm over all non-batch axes; value and gradient finite (0) at g = 0.
+    Computed in the work dtype (float32 for float16/bfloat16 gradients, valr_core.precision).
 
     The double ``where``: sqrt never sees a value at or below the floor, so no inf * 0 = NaN
     reaches the gradient through the branch that is not taken."""
     xp = backend.namespace(g)
+    g = astype(backend, g, work_dtype(backend, g))  # float32 for float16/bfloat16: no underflow
     sq = per_sample(g * g, "sum")
     positive = sq > _SQUARE_FLOOR.get(backend.dtype_name(g), 1.2e-38)
     root = xp.sqrt(xp.where(positive, sq, xp.ones_like(sq)))
@@ -120,7 +123,7 @@ class _GradientNormPenalty(GradientPenaltyConfig, PenaltyBase):
         norms = self.grad_norms(backend, critic, self.interpolate(backend, real, fake, alphas), freeze)
         excess = norms - 1.0
         violations = xp.clip(excess, 0.0, None) if self.one_sided else xp.abs(excess)
-        value = penalty(xp, self, violations, state)
+        value = penalty(xp, self, violations, multiplier_like(backend, state, violations))
         L = backend.stop_gradient(violations)
         n = backend.stop_gradient(norms)
         p = self.prefix

@@ -62,5 +62,11 @@ class Backend(Protocol):
         """Raise ``ValueError`` naming ``what`` if ``x`` holds NaN/Inf where the values are
         known (eager); inside a compiled graph, check at run time or pass through. Returns x."""
 
+    def require(self, x: Tensor, condition: Tensor, message: str) -> Tensor:
+        """Raise ``ValueError(message)`` if the scalar ``condition`` is false where reading it is
+        free (a Python bool, a CPU value); inside a TF graph, assert at run time; skip it where
+        reading it would cost a host sync (accelerators) or is impossible (jit). Returns x (TF:
+        with the assertion as a control dependency)."""
+
     def frozen_state(self, critic: Any) -> AbstractContextManager[None]:
         """Context in which calling ``critic`` leaves its normalisation statistics unchanged."""

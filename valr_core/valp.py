@@ -18,6 +18,7 @@ from .base import PenaltyBase
 from .config import ValpConfig
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
+from .precision import UNIT_ROUNDOFF, multiplier_like
 from .registry import resolve_backend
 
 
@@ -44,7 +45,27 @@ class VALP(ValpConfig, PenaltyBase):
     def resolve(self, x: Tensor) -> tuple[Backend, Tensor]:
         """The backend for ``x`` and ``x`` itself, validated (in TF graphs, with a runtime check)."""
         backend = resolve_backend(self.backend, x)
-        return backend, self._check_input(backend, x)
+        x = self._check_input(backend, x)
+        if self.check_finite:
+            x = self._check_scale(backend, x)
+        return backend, x
+
+    def _check_scale(self, backend: Backend, x: Tensor) -> Tensor:
+        """Inputs whose scale makes the quotient meaningless in their dtype: max|x| * u >= eps_min
+        (u: x's unit roundoff) means the smallest radius is below the resolution of x's largest
+        entries, where x + r_adv rounds back to x. A ValueError where reading max|x| is free
+        (eager CPU values; TF graphs: a run-time assertion); skipped on accelerators and under
+        jit. Pairs rounding erased anyway are dropped and counted (valp/dropped_fraction)."""
+        name = backend.dtype_name(x)
+        u = UNIT_ROUNDOFF.get(name)
+        if u is None:
+            return x
+        xp = backend.namespace(x)
+        peak = xp.max(xp.abs(x))
+        return backend.require(x, peak * u < self.eps_min,
+                               f"x's scale is too large for {name}: max |x| * {u:.3g} (its unit roundoff) >= eps_min = "
+                               f"{self.eps_min}, so x + r_adv rounds back to x for the smallest radii; rescale x "
+                               "(e.g. to [-1, 1]), compute in a wider dtype, or raise eps_min")
 
     def draws(self, x: Tensor, rng: Rng) -> tuple[Draws, Rng]:
         backend, x = self.resolve(x)
@@ -89,15 +110,17 @@ class VALP(ValpConfig, PenaltyBase):
     ) -> tuple[Tensor, ValpAux]:
         """The penalty term to add to the critic's loss, and diagnostics.
 
-        critic: callable (m, ...) -> (m,) or (m, k). rng: torch.Generator / tf.random.Generator
+        critic: callable (m, ...) -> (m,), (m, 1) or (m, k). rng: torch.Generator / tf.random.Generator
         / JAX key (or fixed ``draws``). state: ALState for mode="al". fx: critic(x), if already
         computed, to save a forward pass. freeze: the nn.Module / Keras model whose BatchNorm
         statistics VALP's passes must leave untouched when ``critic`` is a plain function.
+        For float16/bfloat16 inputs or critics the penalty, violations, constraint and stats are
+        float32 (valr_core.precision); ``valp/dropped_fraction`` counts the dropped pairs.
         """
         backend, x = self.resolve(x)
         result, rng = self._violations(backend, critic, x, rng, draws, fx, freeze)
         xp = backend.namespace(x)
-        value = penalty(xp, self, result.violations, state)
+        value = penalty(xp, self, result.violations, multiplier_like(backend, state, result.violations))
         L = backend.stop_gradient(result.violations)
         q = backend.stop_gradient(result.quotients)
         constraint = reduce(xp, L, self.reduction)
@@ -108,6 +131,7 @@ class VALP(ValpConfig, PenaltyBase):
             "valp/mean_quotient": xp.mean(q),
             "valp/max_quotient": xp.max(q),
             "valp/violating_fraction": xp.mean(xp.where(L > 0, xp.ones_like(L), xp.zeros_like(L))),
+            "valp/dropped_fraction": xp.mean(xp.where(result.kept, xp.zeros_like(L), xp.ones_like(L))),
         }
         if state is not None:
             stats["valp/mu"] = state.mu
