@@ -22,7 +22,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from .algorithm import _check_output, _per_sample_view
 from .base import PenaltyBase
-from .config import GradientPenaltyConfig
+from .config import GradientPenaltyConfig, Mode, Reduction  # noqa: F401 - the inherited fields' annotations
 from .distances import per_sample
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce

@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 
 from .algorithm import Draws, Violations, compute_violations, sample_draws
 from .base import PenaltyBase
-from .config import ValpConfig
+from .config import Mode, Reduction, Start, ValpConfig  # noqa: F401 - the inherited fields' annotations
+from .distances import Distance  # noqa: F401 - resolve here (typing.get_type_hints, docs)
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
 from .precision import UNIT_ROUNDOFF, multiplier_like
