@@ -204,10 +204,18 @@ def test_distributed_steps_equal_single_process_on_the_global_batch(ddp: Path, n
     assert set(got) == set(want) | {"rng/penalty_replicas"}
     f64 = SCENARIOS[name][1] == "float64"
     if f64:
+        bad = []
         for k in want:
             if k == "rng/penalty":  # replica 0's stream is the single-process one, drawn per shard
                 continue
-            np.testing.assert_allclose(got[k], want[k], rtol=RTOL, atol=ATOL, err_msg=k)
+            if k == "critic/dense.bias":
+                # Its gradient is 0 in exact arithmetic (the output bias cancels in E f(fake) -
+                # E f(real) and in every penalty); Adam turns rounding noise into steps of ~lr,
+                # so its value is noise. Its Adam slots (the noise itself) are compared below.
+                continue
+            if not np.allclose(got[k], want[k], rtol=RTOL, atol=ATOL):
+                bad.append((k, float(np.max(np.abs(got[k] - want[k])))))
+        assert not bad, bad
     else:
         for prefix in ("gen/", "critic/", "ema/", "opt_d/"):
             keys = [k for k in want if k.startswith(prefix) and want[k].dtype.kind == "f"]
