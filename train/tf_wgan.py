@@ -275,6 +275,18 @@ class TfWGAN:
     def sample(self, z: np.ndarray) -> np.ndarray:
         return to_uint8(self._run(self._sample_fn, tf.convert_to_tensor(z, tf.float32)))
 
+    def clip_critic_weights(self, c: float) -> None:
+        """``--clip-weights C`` (the loop calls it after each critic step): every critic
+        parameter clipped to [-C, C]."""
+        with self._on_device():
+            for v in self.opt_d.variables.values():
+                v.assign(tf.clip_by_value(v, -c, c))
+
+    def critic_scores(self, images: np.ndarray) -> np.ndarray:
+        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
+        with self._on_device():
+            return np.reshape(self.critic(tf.convert_to_tensor(images, tf.float32), training=False).numpy(), -1)
+
     def _state_variables(self) -> dict[str, tf.Variable]:
         out: dict[str, tf.Variable] = {}
         for prefix, named in (("gen", self.g_vars), ("critic", self.d_vars), ("ema", self.ema_vars)):

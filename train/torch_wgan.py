@@ -281,6 +281,18 @@ class TorchWGAN:
         images = self.ema(zt).permute(0, 2, 3, 1).float().cpu().numpy()
         return to_uint8(images)
 
+    @torch.no_grad()
+    def clip_critic_weights(self, c: float) -> None:
+        """``--clip-weights C`` (the loop calls it after each critic step): clamp every critic
+        parameter to [-C, C] in place."""
+        for p in self.critic.parameters():
+            p.clamp_(-c, c)
+
+    @torch.no_grad()
+    def critic_scores(self, images: np.ndarray) -> np.ndarray:
+        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
+        return self._critic_plain(self._to_nchw(images)).reshape(-1).float().cpu().numpy()
+
     # -- state -----------------------------------------------------------------------------
 
     def _optimizer_arrays(self, prefix: str, opt: torch.optim.Adam, module: nn.Module) -> dict[str, np.ndarray]:
