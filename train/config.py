@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
+from models.spec import ARCHS
 from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS
 from train.seeds import MAX_SEED, stream_seed
 from valr_core import ValpConfig
@@ -63,6 +64,7 @@ class TrainConfig:
     gen_channels: int = 256
     critic_channels: int = 128
     image_size: int = 32
+    arch: str = "resnet"  # models.spec.ARCHS: the paper's ResNet, or the small DCGAN (digits preset)
 
     # Lipschitz penalty: the fields carry valr_core's names (VALP / GP / LP config fields), and
     # their defaults are the core's; the ``paper`` preset sets the paper's choices explicitly.
@@ -79,6 +81,9 @@ class TrainConfig:
     start: str = _CORE.start
     clip: tuple[float, float] | None = _CORE.clip
     fraction: float = _CORE.fraction
+    # Weight clipping (the original WGAN): every critic parameter clamped to [-C, C] after each
+    # critic step (train.loop; each trainer's clip_critic_weights); 0: off.
+    clip_weights: float = 0.0
 
     # reproducibility / io
     seed: int = 0
@@ -121,6 +126,7 @@ class TrainConfig:
             "critic_channels": self.critic_channels,
             "image_size": self.image_size,
             "image_channels": 3,
+            **({"arch": self.arch} if self.arch != "resnet" else {}),  # resnet checkpoints predate it
             **dict(self.extra.get("architecture", {})),
         }
 
@@ -174,6 +180,8 @@ class TrainConfig:
                      "critic_channels", "keep_checkpoints", "n_sample_grid"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(self.image_size == 32, "image_size", "must be 32 (the reference architecture)")
+        need(self.arch in ARCHS, "arch", f"must be one of {ARCHS}")
+        need(self.clip_weights >= 0, "clip_weights", "must be >= 0 (0: off)")
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "eval_samples",
                      "final_eval_samples", "skip_nonfinite"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name,
@@ -224,6 +232,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_every": 0,
         "eval_samples": 0,
         "final_eval_samples": 0,
+    },
+    # The main job on 2 CPU cores (about 5 minutes with torch): the bundled digits, the small
+    # DCGAN (models/*_dcgan.py), VALP with the augmented Lagrangian on both batches. Quality
+    # (FD-digits, KID, classes covered: train.digits_quality) at the end.
+    "digits": {
+        "clip": DATA_RANGE,
+        "fraction": 1.0,
+        "data": "digits",
+        "arch": "dcgan",
+        "flip": False,  # digits are not mirror-symmetric
+        "steps": 800,
+        "n_critic": 2,
+        "batch_size": 64,
+        "gen_batch_size": 64,
+        "gen_channels": 32,
+        "critic_channels": 32,
+        "z_dim": 64,
+        "lr_g": 5e-4,
+        "lr_d": 5e-4,
+        "beta1": 0.5,
+        "ema_decay": 0.99,
+        "out": "runs/digits",
+        "log_every": 25,
+        "sample_every": 200,
+        "checkpoint_every": 200,
+        "eval_every": 200,
+        "eval_samples": 1000,
+        "final_eval_samples": 2000,
     },
 }
 
@@ -304,9 +340,14 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--z-dim", type=int, default=None, help="latent size")
     g.add_argument("--gen-channels", type=int, default=None, help="generator width")
     g.add_argument("--critic-channels", type=int, default=None, help="critic width")
+    g.add_argument("--arch", choices=ARCHS, default=None,
+                   help="model pair: the paper's ResNet or the small DCGAN of the digits preset")
 
     g = p.add_argument_group("penalty (valr_core's settings; defaults: the paper preset's)")
     g.add_argument("--penalty", choices=PENALTIES, default=None, help="which Lipschitz penalty")
+    g.add_argument("--clip-weights", dest="clip_weights", type=float, default=None, metavar="C",
+                   help="weight clipping (original WGAN; with --penalty none): clamp every critic parameter "
+                        "to [-C, C] after each critic step (SPEC: C = 0.01); 0: off")
     for name, (option, kind, text) in FLAGS.items():
         if kind == "bool":
             g.add_argument(option, dest=name, action=_ClipAction, nargs=0, default=None,

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models import jax_dcgan
 from models.jax_resnet import Critic, Generator, init
 from models.spec import ResNetConfig
 from train import checkpoint as ckpt
@@ -105,11 +106,11 @@ class StepSpec:
 
     @property
     def generator(self) -> Generator:
-        return Generator(self.model)
+        return (jax_dcgan.Generator if self.model.arch == "dcgan" else Generator)(self.model)
 
     @property
     def critic(self) -> Critic:
-        return Critic(self.model)
+        return (jax_dcgan.Critic if self.model.arch == "dcgan" else Critic)(self.model)
 
     @property
     def adam(self) -> optax.GradientTransformation:
@@ -119,7 +120,7 @@ class StepSpec:
 
 def step_spec(cfg: TrainConfig) -> StepSpec:
     model = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
-                         critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+                         critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=cfg.arch)
     return StepSpec(model, penalty_from_config(cfg, "jax"), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay)
 
 

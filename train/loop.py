@@ -261,6 +261,9 @@ class TrainingLoop:
         self._eval_disabled = False
         self._postfix: dict[str, float] = {}
         self.is_chief = bool(getattr(trainer, "is_chief", True))
+        self.train_seconds = 0.0  # in iterations only (no evaluation, samples or checkpoints)
+        if cfg.clip_weights > 0 and not callable(getattr(trainer, "clip_critic_weights", None)):
+            raise ConfigError(f"--clip-weights: the {trainer.framework} trainer has no clip_critic_weights")
 
     # -- preflight ---------------------------------------------------------------------------
 
@@ -359,6 +362,7 @@ class TrainingLoop:
             meta["data_iterator"])
         self.step = int(meta["step"])
         self.accum = _Accumulator(meta.get("loop", {}).get("accum"))
+        self.train_seconds = float(meta.get("loop", {}).get("train_seconds", 0.0))
         self.last_ckpt, self.last_ckpt_step = found.path, self.step
 
     # -- outputs -----------------------------------------------------------------------------
@@ -385,7 +389,7 @@ class TrainingLoop:
             "architecture": self.cfg.architecture(),
             "config": self.cfg.to_dict(),
             "data_iterator": data_meta,
-            "loop": {"accum": self.accum.state()},
+            "loop": {"accum": self.accum.state(), "train_seconds": self.train_seconds},
             "saved_at": time.time(),
         }
         path = self.manager.save(self.step, arrays, meta)
@@ -403,6 +407,7 @@ class TrainingLoop:
         row.update(extra)
         if seconds_per_it is not None:
             row["time/sec_per_it"] = seconds_per_it
+        row["time/train_s"] = self.train_seconds
         self.metrics.write(self.step, row)
         if self.tb is not None:
             self.tb.add_scalars(self.step, row)
@@ -427,6 +432,12 @@ class TrainingLoop:
             feature_fn = self.feature_fn
             key = f"{self.batches.fingerprint}:custom"
             cache = self.out / "eval_reference.npz"
+            if feature_fn is None and self.cfg.data == "digits":
+                # Offline: FD-digits / KID / class coverage on a NumPy digits classifier.
+                from train.digits_quality import DigitsEvaluator
+
+                self._evaluator = DigitsEvaluator(seed=self.cfg.seed)  # type: ignore[assignment]
+                return self._evaluator
             if feature_fn is None:
                 status = inception_available(self.cfg.inception_weights)
                 if not status.ok:
@@ -578,14 +589,18 @@ class TrainingLoop:
 
     def _iteration(self) -> None:
         cfg, step = self.cfg, self.step
+        t0 = time.perf_counter()
         for k in range(cfg.n_critic):
             real = next(self.batches)
             m = _check_finite(self.trainer.critic_step(real, step),
                               f"critic step {k + 1}/{cfg.n_critic}", step, self.last_ckpt)
+            if cfg.clip_weights > 0:
+                self.trainer.clip_critic_weights(cfg.clip_weights)  # type: ignore[attr-defined]
             self.accum.add("critic/", m)
         g = _check_finite(self.trainer.generator_step(step), "generator step", step, self.last_ckpt)
         self.accum.add("gen/", g)
         self._postfix = {**{f"d_{k}": v for k, v in m.items()}, **{f"g_{k}": v for k, v in g.items()}}
+        self.train_seconds += time.perf_counter() - t0
         self.step = step + 1
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import torch_dcgan as dcgan
 from models.spec import ResNetConfig
 from models.torch_resnet import Critic, Generator
 from train import checkpoint as ckpt
@@ -74,12 +75,14 @@ def _seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def _build_models(cfg: TrainConfig, device: torch.device) -> tuple[Generator, Critic]:
+    arch = cfg.arch
     net = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
-                       critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+                       critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=arch)
+    gen_cls, critic_cls = (dcgan.Generator, dcgan.Critic) if arch == "dcgan" else (Generator, Critic)
     # nn.init draws from the global RNG: fork it so init is seeded and the caller's state kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "init"))
-        gen, critic = Generator(net), Critic(net)  # built on CPU: identical init on every device
+        gen, critic = gen_cls(net), critic_cls(net)  # built on CPU: identical init on every device
     # NHWC activations: ~30% faster convolutions on CPU (oneDNN), tensor-core friendly on CUDA.
     fmt = torch.channels_last
     return gen.to(device, memory_format=fmt), critic.to(device, memory_format=fmt)
