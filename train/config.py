@@ -312,6 +312,8 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--seed", type=int, default=None, help="the run's seed; every random stream derives from it (train.seeds)")
     g.add_argument("--data-seed", type=int, default=None, help="seed of the data order/augmentation stream")
     g.add_argument("--steps", type=int, default=None, help="generator iterations")
+    g.add_argument("--config", dest="config_file", default=None, metavar="RUN_DIR/config.json",
+                   help="rerun a saved run: its config.json is the base (instead of --preset); flags given override it")
     g.add_argument("--debug", action="store_true", default=None,
                    help="on an error, print the full traceback (default: one line)")
     _bool_flag(g, "progress", "tqdm progress bar")
@@ -415,7 +417,8 @@ class _ClipAction(argparse.Action):
 
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
     """Preset + explicitly given flags -> validated TrainConfig (ConfigError names the flag)."""
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "lr", "debug")}
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("preset", "lr", "debug", "config_file")}
     if getattr(args, "lr", None) is not None:
         overrides.setdefault("lr_g", args.lr)
         overrides.setdefault("lr_d", args.lr)
@@ -424,7 +427,12 @@ def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConf
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     # Flags a trainer adds to the shared parser land in cfg.extra.
     extra = {k: overrides.pop(k) for k in list(overrides) if k not in known}
-    cfg = preset_config(args.preset, **overrides)
+    config_file = getattr(args, "config_file", None)
+    if config_file:
+        saved = saved_settings(config_file)
+        cfg = TrainConfig.from_dict({**saved, "resume": None, **overrides})
+    else:
+        cfg = preset_config(args.preset, **overrides)
     cfg.extra.update(extra)
     if framework:
         cfg.framework = framework
@@ -441,3 +449,68 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
     except ConfigError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+
+
+# ----------------------------------------------------------------------------- saved runs
+
+RUN_INFO_KEY = "run"  # config.json's record of the launch (versions, commit, argv, device): not a setting
+# Settings a resumed run may change (everything else must equal the saved run's): where and how
+# long it runs and what it writes, never what it trains.
+RESUME_OVERRIDES = frozenset({
+    "resume", "steps", "out", "progress", "tensorboard", "device", "data_path", "download", "inception_weights",
+    "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples",
+    "final_eval_samples", "skip_nonfinite", "preset", "framework",
+})
+
+
+def saved_settings(path: str | Any) -> dict[str, Any]:
+    """The settings of a saved run's config.json (its launch record dropped); ConfigError names
+    ``--config`` when the file is missing or not a config."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {p}: cannot read a saved config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {p}: not a saved config (expected a JSON object)")
+    data.pop(RUN_INFO_KEY, None)
+    try:
+        TrainConfig.from_dict(data)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"--config {p}: {e}") from None
+    return data
+
+
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line (``--lr`` counts as --lr-g and --lr-d)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if v is not None and k in known}
+    if getattr(args, "lr", None) is not None:
+        given.setdefault("lr_g", args.lr)
+        given.setdefault("lr_d", args.lr)
+    if "clip" in given:
+        given["clip"] = DATA_RANGE if given["clip"] else None
+    return given
+
+
+def resumed_config(saved: Mapping[str, Any], args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
+    """``--resume``: the saved run's settings, with only RESUME_OVERRIDES taken from the command
+    line; any other setting given with a different value is a ConfigError naming its flag."""
+    saved_cfg = TrainConfig.from_dict({k: v for k, v in saved.items() if k != RUN_INFO_KEY})
+    given = explicit_settings(args)
+    for name, value in given.items():
+        if name in RESUME_OVERRIDES:
+            continue
+        if getattr(saved_cfg, name) != getattr(cfg, name):
+            raise ConfigError(
+                f"{flag(name)} {value!r} differs from the resumed run's {getattr(saved_cfg, name)!r}: --resume keeps "
+                f"the saved settings (only {', '.join(sorted(flag(k) for k in RESUME_OVERRIDES - {'preset', 'framework'}))} "
+                "may change); start a new --out to change it")
+    kept = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in given or k in ("resume", "out", "framework")}
+    out = saved_cfg.replace(**kept)
+    out.extra = {**saved_cfg.extra, **cfg.extra}
+    return out.validate()

@@ -117,9 +117,9 @@ def train_classifier() -> DigitsClassifier:
 
 
 def _cache_path() -> Path:
-    from train.data import default_cache_dir
-
     import sklearn
+
+    from train.data import default_cache_dir
 
     return default_cache_dir() / f"digits-classifier-v{_VERSION}-sklearn{sklearn.__version__}.npz"
 

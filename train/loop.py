@@ -30,7 +30,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from train import checkpoint as ckpt
-from train.config import ConfigError, TrainConfig, build_parser, lr_at, parse_config
+from train.config import (
+    RUN_INFO_KEY,
+    ConfigError,
+    TrainConfig,
+    build_parser,
+    lr_at,
+    parse_config,
+    resumed_config,
+)
 from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
 from train.logs import MetricsWriter, TensorBoardWriter, save_image_grid
 from train.metrics import Evaluator, FeatureFn, InceptionFeatureExtractor, inception_available
@@ -237,7 +245,9 @@ class TrainingLoop:
         *,
         data: np.ndarray | None = None,
         feature_fn: FeatureFn | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
+        self.argv = list(sys.argv if argv is None else argv)
         missing = [m for m in ("critic_step", "generator_step", "sample", "state_arrays", "load_state_arrays")
                    if not callable(getattr(trainer, m, None))]
         if missing or not isinstance(getattr(trainer, "framework", None), str):
@@ -483,7 +493,8 @@ class TrainingLoop:
         if self.is_chief:
             self.out.mkdir(parents=True, exist_ok=True)
             with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
-                json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+                json.dump({**cfg.to_dict(), RUN_INFO_KEY: run_info(self.trainer, self.argv)}, f, indent=2,
+                          sort_keys=True)
         self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, "sample_grid")
         resumed = found is not None
         self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None) \
@@ -604,17 +615,62 @@ class TrainingLoop:
         self.step = step + 1
 
 
+def run_info(trainer: Trainer, argv: Sequence[str]) -> dict[str, Any]:
+    """config.json's launch record: package versions, git commit, argv, device, world size."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+
+    versions = {"python": platform.python_version()}
+    for name in ("valr", "numpy", "scipy", "scikit-learn", "torch", "jax", "jaxlib", "flax", "optax",
+                 "tensorflow", "tensorflow-cpu", "keras"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    repo = Path(__file__).resolve().parents[1]
+    commit = None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+            commit = head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"versions": versions, "git_commit": commit, "argv": list(argv),
+            "device": str(getattr(trainer, "device", None) or "default"),
+            "world_size": int(getattr(trainer, "world_size", None) or getattr(trainer, "replicas", None) or 1),
+            "host": platform.node()}
+
+
+def _saved_config_for_resume(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The settings of the run ``--resume`` continues: ``--out``'s config.json, else the
+    checkpoint's own record; None when there is nothing to resume (a fresh run)."""
+    if cfg.resume == "auto":
+        path = Path(cfg.out) / "config.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        found = ckpt.load_latest(Path(cfg.out) / CHECKPOINT_DIR)
+    else:
+        p = Path(cfg.resume or "").expanduser()
+        found = ckpt.load_latest(p) if p.is_dir() else ckpt.load_checkpoint(p)
+    return None if found is None else found.metadata.get("config")
+
+
 def run_training(
     trainer: Trainer,
     cfg: TrainConfig,
     *,
     data: np.ndarray | None = None,
     feature_fn: FeatureFn | None = None,
+    argv: Sequence[str] | None = None,
 ) -> RunResult:
     """Train ``trainer`` per ``cfg``; see :class:`TrainingLoop`. ``data`` (uint8 NHWC) and
     ``feature_fn`` (images -> (pool features, logits)) override the configured dataset and
     InceptionV3, mainly for tests."""
-    return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn).run()
+    return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn, argv=argv).run()
 
 
 def _setup_logging() -> None:
@@ -665,13 +721,21 @@ def main(
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args  # declared by build_parser; not a setting of the run
-    cfg = parse_config(args, framework, parser or build_parser(framework))
+    parser = parser or build_parser(framework)
+    cfg = parse_config(args, framework, parser)
     _setup_logging()
     try:
+        if cfg.resume is not None:  # the saved run's settings; a changed one is refused by name
+            saved = _saved_config_for_resume(cfg)
+            if saved is not None:
+                try:
+                    cfg = resumed_config(saved, parser.parse_args(args), cfg)
+                except ConfigError as e:
+                    parser.error(f"--resume: {e}")
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
         check_batch_fits(cfg, data)  # before building models: fail in seconds, not minutes
         trainer = make_trainer(cfg)
-        result = run_training(trainer, cfg, data=data)
+        result = run_training(trainer, cfg, data=data, argv=[f"python -m train.{framework}_wgan", *args])
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
         if debug:
             traceback.print_exc(file=sys.stderr)
