@@ -488,7 +488,8 @@ def saved_settings(path: str | Any) -> dict[str, Any]:
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line (``--lr`` counts as --lr-g and --lr-d)."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if v is not None and k in known}
+    # --preset always has a value (its default): it is a base, not a setting given.
+    given = {k: v for k, v in vars(args).items() if v is not None and k in known and k != "preset"}
     if getattr(args, "lr", None) is not None:
         given.setdefault("lr_g", args.lr)
         given.setdefault("lr_d", args.lr)
@@ -506,10 +507,11 @@ def resumed_config(saved: Mapping[str, Any], args: argparse.Namespace, cfg: Trai
         if name in RESUME_OVERRIDES:
             continue
         if getattr(saved_cfg, name) != getattr(cfg, name):
+            option = FLAGS[name][0] if name in FLAGS else flag(name)
             raise ConfigError(
-                f"{flag(name)} {value!r} differs from the resumed run's {getattr(saved_cfg, name)!r}: --resume keeps "
-                f"the saved settings (only {', '.join(sorted(flag(k) for k in RESUME_OVERRIDES - {'preset', 'framework'}))} "
-                "may change); start a new --out to change it")
+                f"{option} {value!r} differs from the resumed run's {getattr(saved_cfg, name)!r}: --resume keeps "
+                "the saved settings (only --steps, --out, --device and the logging, evaluation and checkpoint "
+                "intervals may change); start a new --out to change it")
     kept = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in given or k in ("resume", "out", "framework")}
     out = saved_cfg.replace(**kept)
     out.extra = {**saved_cfg.extra, **cfg.extra}
