@@ -36,6 +36,9 @@ class ResNetConfig:
     critic_channels: int = 128
     image_size: int = 32
     image_channels: int = 3
+    # "resnet": the architecture above; "dcgan": the small all-convolutional pair of
+    # models/*_dcgan.py (the digits preset: ~4x fewer FLOPs at equal width, for 2 CPU cores).
+    arch: str = "resnet"
 
     @property
     def base_size(self) -> int:
@@ -83,8 +86,29 @@ def critic_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
     return t
 
 
+def dcgan_generator_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
+    c, s = cfg.gen_channels, cfg.base_size
+    t = _dense("dense", cfg.latent_dim, s * s * 4 * c) | _bn("bn0", 4 * c)
+    t |= _conv("conv1", 3, 4 * c, 2 * c) | _bn("bn1", 2 * c)
+    t |= _conv("conv2", 3, 2 * c, c) | _bn("bn2", c)
+    return t | _conv("out_conv", 3, c, cfg.image_channels)
+
+
+def dcgan_critic_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
+    c, s = cfg.critic_channels, cfg.base_size
+    t = _conv("conv1", 3, cfg.image_channels, c) | _conv("conv2", 3, c, 2 * c) | _conv("conv3", 3, 2 * c, 4 * c)
+    return t | _dense("dense", s * s * 4 * c, 1)
+
+
+ARCHS = ("resnet", "dcgan")
+
+
 def param_table(kind: str, cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape for ``kind`` in {"generator", "critic"}."""
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown architecture {cfg.arch!r}; expected one of {ARCHS}")
+    if cfg.arch == "dcgan":
+        return dcgan_generator_table(cfg) if kind == "generator" else dcgan_critic_table(cfg)
     if kind == "generator":
         return generator_table(cfg)
     if kind == "critic":

@@ -712,7 +712,9 @@ def test_loop_eval_and_missing_inception(tmp_path: Path, caplog: pytest.LogCaptu
     assert [r["step"] for r in rows if "eval/FID" in r] == [3, 6]
 
     monkeypatch.setattr(tmetrics.importlib.util, "find_spec", lambda n: None)
-    cfg = _toy_cfg(tmp_path / "noinc", steps=6, eval_every=2, eval_samples=20, final_eval_samples=20)
+    # Not digits: those are scored offline by train.digits_quality (tests/test_quality.py).
+    cfg = _toy_cfg(tmp_path / "noinc", steps=6, eval_every=2, eval_samples=20, final_eval_samples=20,
+                   data="cifar10")
     with caplog.at_level("WARNING", logger="valr.train"):
         assert run_training(ToyTrainer(cfg), cfg, data=_TOY_DATA).status == "completed"
     warnings_seen = [r for r in caplog.records if "evaluation disabled" in r.getMessage()]

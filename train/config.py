@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
+from models.spec import ARCHS
 from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS
 from train.seeds import MAX_SEED, stream_seed
 from valr_core import ValpConfig
@@ -91,11 +92,15 @@ class TrainConfig(_CountSettings, _PenaltySettings):
     # a Keras mixed_bfloat16 policy, bfloat16 JAX activations); weights, optimiser state, the
     # losses and the penalty's multiplier stay float32 (valr_core's precision policy).
     precision: str = "fp32"
+    arch: str = "resnet"  # models.spec.ARCHS: the paper's ResNet, or the small DCGAN (digits preset)
 
     # Lipschitz penalty: the fields come from valr_core's config (_PenaltySettings), by its names
     # and with its defaults; the ``paper`` preset sets the paper's choices explicitly.
     penalty: str = "valp"
     mode: str | None = None  # None: the penalty's paper mode (train.penalties.PAPER_MODES)
+    # Weight clipping (the original WGAN): every critic parameter clamped to [-C, C] after each
+    # critic step (train.loop; each trainer's clip_critic_weights); 0: off.
+    clip_weights: float = 0.0
 
     # reproducibility / io
     seed: int = 0
@@ -130,6 +135,7 @@ class TrainConfig(_CountSettings, _PenaltySettings):
             "critic_channels": self.critic_channels,
             "image_size": self.image_size,
             "image_channels": 3,
+            **({"arch": self.arch} if self.arch != "resnet" else {}),  # resnet checkpoints predate it
             **dict(self.extra.get("architecture", {})),
         }
 
@@ -184,6 +190,8 @@ class TrainConfig(_CountSettings, _PenaltySettings):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(self.image_size == 32, "image_size", "must be 32 (the reference architecture)")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
+        need(self.arch in ARCHS, "arch", f"must be one of {ARCHS}")
+        need(self.clip_weights >= 0, "clip_weights", "must be >= 0 (0: off)")
         for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "eval_samples",
                      "final_eval_samples", "skip_nonfinite"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name,
@@ -235,6 +243,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_samples": 0,
         "final_eval_samples": 0,
     },
+    # The main job on 2 CPU cores (about 5 minutes with torch): the bundled digits, the small
+    # DCGAN (models/*_dcgan.py), VALP with the augmented Lagrangian on both batches. Quality
+    # (FD-digits, KID, classes covered: train.digits_quality) at the end.
+    "digits": {
+        "clip": DATA_RANGE,
+        "fraction": 1.0,
+        "data": "digits",
+        "arch": "dcgan",
+        "flip": False,  # digits are not mirror-symmetric
+        "steps": 800,
+        "n_critic": 2,
+        "batch_size": 64,
+        "gen_batch_size": 64,
+        "gen_channels": 32,
+        "critic_channels": 32,
+        "z_dim": 64,
+        "lr_g": 5e-4,
+        "lr_d": 5e-4,
+        "beta1": 0.5,
+        "ema_decay": 0.99,
+        "out": "runs/digits",
+        "log_every": 25,
+        "sample_every": 200,
+        "checkpoint_every": 200,
+        "eval_every": 200,
+        "eval_samples": 1000,
+        "final_eval_samples": 2000,
+    },
 }
 
 
@@ -274,6 +310,8 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--seed", type=int, default=None, help="the run's seed; every random stream derives from it (train.seeds)")
     g.add_argument("--data-seed", type=int, default=None, help="seed of the data order/augmentation stream")
     g.add_argument("--steps", type=int, default=None, help="generator iterations")
+    g.add_argument("--config", dest="config_file", default=None, metavar="RUN_DIR/config.json",
+                   help="rerun a saved run: its config.json is the base (instead of --preset); flags given override it")
     g.add_argument("--debug", action="store_true", default=None,
                    help="on an error, print the full traceback (default: one line)")
     _bool_flag(g, "progress", "tqdm progress bar")
@@ -305,9 +343,14 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="bf16: critic and generator forward passes in bfloat16 (torch autocast, Keras "
                         "mixed_bfloat16, bf16 JAX activations); weights, optimiser, losses and mu stay float32")
+    g.add_argument("--arch", choices=ARCHS, default=None,
+                   help="model pair: the paper's ResNet or the small DCGAN of the digits preset")
 
     g = p.add_argument_group("penalty (valr_core's settings; defaults: the paper preset's)")
     g.add_argument("--penalty", choices=PENALTIES, default=None, help="which Lipschitz penalty")
+    g.add_argument("--clip-weights", dest="clip_weights", type=float, default=None, metavar="C",
+                   help="weight clipping (original WGAN; with --penalty none): clamp every critic parameter "
+                        "to [-C, C] after each critic step (SPEC: C = 0.01); 0: off")
     for name, (option, kind, text) in FLAGS.items():
         if kind == "bool":
             g.add_argument(option, dest=name, action=_ClipAction, nargs=0, default=None,
@@ -374,7 +417,8 @@ class _ClipAction(argparse.Action):
 
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
     """Preset + explicitly given flags -> validated TrainConfig (ConfigError names the flag)."""
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "lr", "debug")}
+    overrides = {k: v for k, v in vars(args).items()
+                 if v is not None and k not in ("preset", "lr", "debug", "config_file")}
     if getattr(args, "lr", None) is not None:
         overrides.setdefault("lr_g", args.lr)
         overrides.setdefault("lr_d", args.lr)
@@ -383,7 +427,12 @@ def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConf
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     # Flags a trainer adds to the shared parser land in cfg.extra.
     extra = {k: overrides.pop(k) for k in list(overrides) if k not in known}
-    cfg = preset_config(args.preset, **overrides)
+    config_file = getattr(args, "config_file", None)
+    if config_file:
+        saved = saved_settings(config_file)
+        cfg = TrainConfig.from_dict({**saved, "resume": None, **overrides})
+    else:
+        cfg = preset_config(args.preset, **overrides)
     cfg.extra.update(extra)
     if framework:
         cfg.framework = framework
@@ -400,3 +449,70 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
     except ConfigError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+
+
+# ----------------------------------------------------------------------------- saved runs
+
+RUN_INFO_KEY = "run"  # config.json's record of the launch (versions, commit, argv, device): not a setting
+# Settings a resumed run may change (everything else must equal the saved run's): where and how
+# long it runs and what it writes, never what it trains.
+RESUME_OVERRIDES = frozenset({
+    "resume", "steps", "out", "progress", "tensorboard", "device", "data_path", "download", "inception_weights",
+    "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples",
+    "final_eval_samples", "skip_nonfinite", "preset", "framework",
+})
+
+
+def saved_settings(path: str | Any) -> dict[str, Any]:
+    """The settings of a saved run's config.json (its launch record dropped); ConfigError names
+    ``--config`` when the file is missing or not a config."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p = p / "config.json" if p.is_dir() else p
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {p}: cannot read a saved config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {p}: not a saved config (expected a JSON object)")
+    data.pop(RUN_INFO_KEY, None)
+    try:
+        TrainConfig.from_dict(data)
+    except (ConfigError, TypeError) as e:
+        raise ConfigError(f"--config {p}: {e}") from None
+    return data
+
+
+def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line (``--lr`` counts as --lr-g and --lr-d)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    # --preset always has a value (its default): it is a base, not a setting given.
+    given = {k: v for k, v in vars(args).items() if v is not None and k in known and k != "preset"}
+    if getattr(args, "lr", None) is not None:
+        given.setdefault("lr_g", args.lr)
+        given.setdefault("lr_d", args.lr)
+    if "clip" in given:
+        given["clip"] = DATA_RANGE if given["clip"] else None
+    return given
+
+
+def resumed_config(saved: Mapping[str, Any], args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
+    """``--resume``: the saved run's settings, with only RESUME_OVERRIDES taken from the command
+    line; any other setting given with a different value is a ConfigError naming its flag."""
+    saved_cfg = TrainConfig.from_dict({k: v for k, v in saved.items() if k != RUN_INFO_KEY})
+    given = explicit_settings(args)
+    for name, value in given.items():
+        if name in RESUME_OVERRIDES:
+            continue
+        if getattr(saved_cfg, name) != getattr(cfg, name):
+            option = FLAGS[name][0] if name in FLAGS else flag(name)
+            raise ConfigError(
+                f"{option} {value!r} differs from the resumed run's {getattr(saved_cfg, name)!r}: --resume keeps "
+                "the saved settings (only --steps, --out, --device and the logging, evaluation and checkpoint "
+                "intervals may change); start a new --out to change it")
+    kept = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in given or k in ("resume", "out", "framework")}
+    out = saved_cfg.replace(**kept)
+    out.extra = {**saved_cfg.extra, **cfg.extra}
+    return out.validate()

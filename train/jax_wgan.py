@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models import jax_dcgan
 from models.jax_resnet import Critic, Generator, init
 from models.spec import ResNetConfig
 from train import checkpoint as ckpt
@@ -106,11 +107,11 @@ class StepSpec:
 
     @property
     def generator(self) -> Generator:
-        return Generator(self.model)
+        return (jax_dcgan.Generator if self.model.arch == "dcgan" else Generator)(self.model)
 
     @property
     def critic(self) -> Critic:
-        return Critic(self.model)
+        return (jax_dcgan.Critic if self.model.arch == "dcgan" else Critic)(self.model)
 
     @property
     def adam(self) -> optax.GradientTransformation:
@@ -120,7 +121,7 @@ class StepSpec:
 
 def step_spec(cfg: TrainConfig) -> StepSpec:
     model = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
-                         critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+                         critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=cfg.arch)
     return StepSpec(model, penalty_from_config(cfg, "jax"), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay,
                     precision=cfg.precision)
 
@@ -233,10 +234,20 @@ def sample_images(spec: StepSpec, ema_params: Params, ema_stats: Params, z: jax.
     return spec.generator.apply({"params": ema_params, "batch_stats": ema_stats}, z, train=False)
 
 
+def critic_scores(spec: StepSpec, params: Params, x: jax.Array) -> jax.Array:
+    return spec.critic.apply({"params": params}, x).reshape(-1)
+
+
+def clip_params(params: Params, c: jax.Array) -> Params:
+    return jax.tree.map(lambda p: jnp.clip(p, -c, c), params)
+
+
 # Static spec, donated state: the old state's buffers are reused for the new one.
 _critic_step = jax.jit(critic_step, static_argnums=0, donate_argnums=1)
 _generator_step = jax.jit(generator_step, static_argnums=0, donate_argnums=1)
 _sample_images = jax.jit(sample_images, static_argnums=0)
+_critic_scores = jax.jit(critic_scores, static_argnums=0)
+_clip_params = jax.jit(clip_params)
 _init_state = jax.jit(init_state, static_argnums=0)  # one program compiles faster than op by op
 
 
@@ -362,6 +373,17 @@ class JaxWGAN:
         zz = jax.device_put(zz, self.device) if self.device is not None else zz
         ema = self._local((self.state.ema, self.state.ema_stats))
         return to_uint8(np.asarray(_sample_images(self._sample_spec, ema[0], ema[1], zz)))
+
+    def clip_critic_weights(self, c: float) -> None:
+        """``--clip-weights C`` (the loop calls it after each critic step): every critic
+        parameter clipped to [-C, C]."""
+        self.state = self.state._replace(critic=_clip_params(self.state.critic, self._put(np.float32(c))))
+
+    def critic_scores(self, images: np.ndarray) -> np.ndarray:
+        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
+        x = jnp.asarray(images, jnp.float32)
+        x = jax.device_put(x, self.device) if self.device is not None else x
+        return np.asarray(_critic_scores(self._sample_spec, self._local(self.state.critic), x))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         # Copies: the device buffers are donated to the next step.

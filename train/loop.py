@@ -30,7 +30,15 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from train import checkpoint as ckpt
-from train.config import ConfigError, TrainConfig, build_parser, lr_at, parse_config
+from train.config import (
+    RUN_INFO_KEY,
+    ConfigError,
+    TrainConfig,
+    build_parser,
+    lr_at,
+    parse_config,
+    resumed_config,
+)
 from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
 from train.logs import MetricsWriter, TensorBoardWriter, save_image_grid
 from train.metrics import Evaluator, FeatureFn, InceptionFeatureExtractor, inception_available
@@ -50,8 +58,8 @@ class Trainer(Protocol):
     * ``critic_step(real, step)``: one critic update on ``real`` (float32 NHWC in [-1, 1],
       shape (batch_size, 32, 32, 3)); the trainer draws its own fake batch. ``step`` is the
       0-based generator iteration this update belongs to (use it for the lr schedule,
-      :func:`train.config.lr_at`). Returns scalar metrics, e.g. ``loss``, ``wdist``,
-      ``penalty``, ``violation_mean``, ``violation_max``, ``violation_frac``, ``al_mu``.
+      :func:`train.config.lr_at`). Returns scalar metrics: ``train.contract``'s names
+      (``loss``, ``wdist``, ``mu``, ``penalty``, ``mean_violation``, ...).
     * ``generator_step(step)``: one generator update (+ EMA update); returns scalar metrics.
     * ``sample(z)``: EMA generator in inference mode on float32 latents (N, z_dim) -> uint8
       NHWC (N, 32, 32, 3). Must not change any state that affects training.
@@ -237,7 +245,9 @@ class TrainingLoop:
         *,
         data: np.ndarray | None = None,
         feature_fn: FeatureFn | None = None,
+        argv: Sequence[str] | None = None,
     ) -> None:
+        self.argv = list(sys.argv if argv is None else argv)
         missing = [m for m in ("critic_step", "generator_step", "sample", "state_arrays", "load_state_arrays")
                    if not callable(getattr(trainer, m, None))]
         if missing or not isinstance(getattr(trainer, "framework", None), str):
@@ -261,6 +271,9 @@ class TrainingLoop:
         self._eval_disabled = False
         self._postfix: dict[str, float] = {}
         self.is_chief = bool(getattr(trainer, "is_chief", True))
+        self.train_seconds = 0.0  # in iterations only (no evaluation, samples or checkpoints)
+        if cfg.clip_weights > 0 and not callable(getattr(trainer, "clip_critic_weights", None)):
+            raise ConfigError(f"--clip-weights: the {trainer.framework} trainer has no clip_critic_weights")
 
     # -- preflight ---------------------------------------------------------------------------
 
@@ -359,6 +372,7 @@ class TrainingLoop:
             meta["data_iterator"])
         self.step = int(meta["step"])
         self.accum = _Accumulator(meta.get("loop", {}).get("accum"))
+        self.train_seconds = float(meta.get("loop", {}).get("train_seconds", 0.0))
         self.last_ckpt, self.last_ckpt_step = found.path, self.step
 
     # -- outputs -----------------------------------------------------------------------------
@@ -385,7 +399,7 @@ class TrainingLoop:
             "architecture": self.cfg.architecture(),
             "config": self.cfg.to_dict(),
             "data_iterator": data_meta,
-            "loop": {"accum": self.accum.state()},
+            "loop": {"accum": self.accum.state(), "train_seconds": self.train_seconds},
             "saved_at": time.time(),
         }
         path = self.manager.save(self.step, arrays, meta)
@@ -403,6 +417,7 @@ class TrainingLoop:
         row.update(extra)
         if seconds_per_it is not None:
             row["time/sec_per_it"] = seconds_per_it
+        row["time/train_s"] = self.train_seconds
         self.metrics.write(self.step, row)
         if self.tb is not None:
             self.tb.add_scalars(self.step, row)
@@ -427,6 +442,12 @@ class TrainingLoop:
             feature_fn = self.feature_fn
             key = f"{self.batches.fingerprint}:custom"
             cache = self.out / "eval_reference.npz"
+            if feature_fn is None and self.cfg.data == "digits":
+                # Offline: FD-digits / KID / class coverage on a NumPy digits classifier.
+                from train.digits_quality import DigitsEvaluator
+
+                self._evaluator = DigitsEvaluator(seed=self.cfg.seed)  # type: ignore[assignment]
+                return self._evaluator
             if feature_fn is None:
                 status = inception_available(self.cfg.inception_weights)
                 if not status.ok:
@@ -472,7 +493,8 @@ class TrainingLoop:
         if self.is_chief:
             self.out.mkdir(parents=True, exist_ok=True)
             with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
-                json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+                json.dump({**cfg.to_dict(), RUN_INFO_KEY: run_info(self.trainer, self.argv)}, f, indent=2,
+                          sort_keys=True)
         self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, "sample_grid")
         resumed = found is not None
         self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None) \
@@ -578,15 +600,63 @@ class TrainingLoop:
 
     def _iteration(self) -> None:
         cfg, step = self.cfg, self.step
+        t0 = time.perf_counter()
         for k in range(cfg.n_critic):
             real = next(self.batches)
             m = _check_finite(self.trainer.critic_step(real, step),
                               f"critic step {k + 1}/{cfg.n_critic}", step, self.last_ckpt)
+            if cfg.clip_weights > 0:
+                self.trainer.clip_critic_weights(cfg.clip_weights)  # type: ignore[attr-defined]
             self.accum.add("critic/", m)
         g = _check_finite(self.trainer.generator_step(step), "generator step", step, self.last_ckpt)
         self.accum.add("gen/", g)
         self._postfix = {**{f"d_{k}": v for k, v in m.items()}, **{f"g_{k}": v for k, v in g.items()}}
+        self.train_seconds += time.perf_counter() - t0
         self.step = step + 1
+
+
+def run_info(trainer: Trainer, argv: Sequence[str]) -> dict[str, Any]:
+    """config.json's launch record: package versions, git commit, argv, device, world size."""
+    import importlib.metadata as md
+    import platform
+    import subprocess
+
+    versions = {"python": platform.python_version()}
+    for name in ("valr", "numpy", "scipy", "scikit-learn", "torch", "jax", "jaxlib", "flax", "optax",
+                 "tensorflow", "tensorflow-cpu", "keras"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    repo = Path(__file__).resolve().parents[1]
+    commit = None
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=False)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+            commit = head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"versions": versions, "git_commit": commit, "argv": list(argv),
+            "device": str(getattr(trainer, "device", None) or "default"),
+            "world_size": int(getattr(trainer, "world_size", None) or getattr(trainer, "replicas", None) or 1),
+            "host": platform.node()}
+
+
+def _saved_config_for_resume(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The settings of the run ``--resume`` continues: ``--out``'s config.json, else the
+    checkpoint's own record; None when there is nothing to resume (a fresh run)."""
+    if cfg.resume == "auto":
+        path = Path(cfg.out) / "config.json"
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+        found = ckpt.load_latest(Path(cfg.out) / CHECKPOINT_DIR)
+    else:
+        p = Path(cfg.resume or "").expanduser()
+        found = ckpt.load_latest(p) if p.is_dir() else ckpt.load_checkpoint(p)
+    return None if found is None else found.metadata.get("config")
 
 
 def run_training(
@@ -595,11 +665,12 @@ def run_training(
     *,
     data: np.ndarray | None = None,
     feature_fn: FeatureFn | None = None,
+    argv: Sequence[str] | None = None,
 ) -> RunResult:
     """Train ``trainer`` per ``cfg``; see :class:`TrainingLoop`. ``data`` (uint8 NHWC) and
     ``feature_fn`` (images -> (pool features, logits)) override the configured dataset and
     InceptionV3, mainly for tests."""
-    return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn).run()
+    return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn, argv=argv).run()
 
 
 def _setup_logging() -> None:
@@ -650,13 +721,21 @@ def main(
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args  # declared by build_parser; not a setting of the run
-    cfg = parse_config(args, framework, parser or build_parser(framework))
+    parser = parser or build_parser(framework)
+    cfg = parse_config(args, framework, parser)
     _setup_logging()
     try:
+        if cfg.resume is not None:  # the saved run's settings; a changed one is refused by name
+            saved = _saved_config_for_resume(cfg)
+            if saved is not None:
+                try:
+                    cfg = resumed_config(saved, parser.parse_args(args), cfg)
+                except ConfigError as e:
+                    parser.error(f"--resume: {e}")
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
         check_batch_fits(cfg, data)  # before building models: fail in seconds, not minutes
         trainer = make_trainer(cfg)
-        result = run_training(trainer, cfg, data=data)
+        result = run_training(trainer, cfg, data=data, argv=[f"python -m train.{framework}_wgan", *args])
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
         if debug:
             traceback.print_exc(file=sys.stderr)

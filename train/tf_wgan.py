@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow.experimental.numpy as tnp  # noqa: E402
 
-from models import tf_resnet  # noqa: E402
+from models import tf_dcgan, tf_resnet  # noqa: E402
 from models.spec import ResNetConfig, is_stat, param_table  # noqa: E402
 from train import checkpoint as ckpt  # noqa: E402
 from train import contract, loop, tf_distributed  # noqa: E402
@@ -151,11 +151,12 @@ class TfWGAN:
         # Only the chief writes checkpoints, logs and samples (train.loop reads this).
         self.is_chief = True if strategy is None else bool(strategy.extended.should_checkpoint)
         rc = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
-                          critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+                          critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=cfg.arch)
+        models = tf_dcgan if cfg.arch == "dcgan" else tf_resnet
         with self._on_device(), _dtype_policy(cfg.precision):
-            self.gen = tf_resnet.build_generator(rc)
-            self.critic = tf_resnet.build_critic(rc)
-            self.gen_ema = tf_resnet.build_generator(rc)
+            self.gen = models.build_generator(rc)
+            self.critic = models.build_critic(rc)
+            self.gen_ema = models.build_generator(rc)
             _seeded_init(self.gen, stream_seed(cfg.seed, "init"))
             _seeded_init(self.critic, stream_seed(cfg.seed, "init"))
             self.g_vars, self.d_vars = named_variables(self.gen), named_variables(self.critic)
@@ -290,6 +291,18 @@ class TfWGAN:
 
     def sample(self, z: np.ndarray) -> np.ndarray:
         return to_uint8(self._run(self._sample_fn, tf.convert_to_tensor(z, tf.float32)))
+
+    def clip_critic_weights(self, c: float) -> None:
+        """``--clip-weights C`` (the loop calls it after each critic step): every critic
+        parameter clipped to [-C, C]."""
+        with self._on_device():
+            for v in self.opt_d.variables.values():
+                v.assign(tf.clip_by_value(v, -c, c))
+
+    def critic_scores(self, images: np.ndarray) -> np.ndarray:
+        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
+        with self._on_device():
+            return np.reshape(self.critic(tf.convert_to_tensor(images, tf.float32), training=False).numpy(), -1)
 
     def _state_variables(self) -> dict[str, tf.Variable]:
         out: dict[str, tf.Variable] = {}

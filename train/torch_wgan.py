@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import torch_dcgan as dcgan
 from models.spec import ResNetConfig
 from models.torch_resnet import Critic, Generator
 from train import checkpoint as ckpt
@@ -74,12 +75,14 @@ def _seeded_generator(seed: int, device: torch.device) -> torch.Generator:
 
 
 def _build_models(cfg: TrainConfig, device: torch.device) -> tuple[Generator, Critic]:
+    arch = cfg.arch
     net = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
-                       critic_channels=cfg.critic_channels, image_size=cfg.image_size)
+                       critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=arch)
+    gen_cls, critic_cls = (dcgan.Generator, dcgan.Critic) if arch == "dcgan" else (Generator, Critic)
     # nn.init draws from the global RNG: fork it so init is seeded and the caller's state kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "init"))
-        gen, critic = Generator(net), Critic(net)  # built on CPU: identical init on every device
+        gen, critic = gen_cls(net), critic_cls(net)  # built on CPU: identical init on every device
     # NHWC activations: ~30% faster convolutions on CPU (oneDNN), tensor-core friendly on CUDA.
     fmt = torch.channels_last
     return gen.to(device, memory_format=fmt), critic.to(device, memory_format=fmt)
@@ -288,6 +291,18 @@ class TorchWGAN:
         zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(self.device)
         images = self.ema(zt).permute(0, 2, 3, 1).float().cpu().numpy()
         return to_uint8(images)
+
+    @torch.no_grad()
+    def clip_critic_weights(self, c: float) -> None:
+        """``--clip-weights C`` (the loop calls it after each critic step): clamp every critic
+        parameter to [-C, C] in place."""
+        for p in self.critic.parameters():
+            p.clamp_(-c, c)
+
+    @torch.no_grad()
+    def critic_scores(self, images: np.ndarray) -> np.ndarray:
+        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
+        return self._critic_plain(self._to_nchw(images)).reshape(-1).float().cpu().numpy()
 
     # -- state -----------------------------------------------------------------------------
 
