@@ -218,6 +218,10 @@ def _read_archive_members(archive: Path, names: tuple[str, ...]) -> dict[str, by
                     raise DataError(f"archive {archive} member {member_name!r} is not a regular file "
                                     f"(it is a {_TAR_KINDS.get(member.type, 'special file')})")
                 out[name] = fobj.read()
+            # gzip checks its CRC-32 only at the end of the stream, which tarfile may never reach:
+            # read to the end, so a damaged archive cannot yield silently altered images.
+            while tar.fileobj.read(1 << 20):
+                pass
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"archive {archive} is corrupt or truncated ({type(e).__name__}: {e})") from e
     return out
