@@ -487,13 +487,59 @@ def test_inception_score_known_cases() -> None:
     assert tmetrics.inception_score(np.zeros((20, 7)), splits=2) == pytest.approx((1.0, 0.0))
     logits = np.full((48, 4), -1e4)
     logits[np.arange(48), np.arange(48) % 4] = 0.0  # confident and balanced over 4 classes
-    mean, std = tmetrics.inception_score(logits, splits=4)
+    mean, std = tmetrics.inception_score(logits, splits=4, shuffle=False)  # balanced chunks
     assert mean == pytest.approx(4.0, rel=1e-9) and std == pytest.approx(0.0, abs=1e-9)
     # Two classes, half split confident on one class only: IS of that split is 1.
     lg = np.full((8, 2), -1e4)
     lg[:4, 0] = 0
     lg[4:, :] = 0
-    assert tmetrics.inception_score(lg, splits=2)[0] == pytest.approx(1.0)
+    assert tmetrics.inception_score(lg, splits=2, shuffle=False)[0] == pytest.approx(1.0)
+
+
+def _torch_fidelity_isc(logits: np.ndarray, splits: int, seed: int) -> tuple[float, float]:
+    """torch-fidelity's metric_isc.isc_features_to_metric re-derived in NumPy (an independent
+    implementation of its published convention: RandomState(seed) permutation, chunks
+    [i*N//splits, (i+1)*N//splits), q = chunk mean of softmax)."""
+    n = logits.shape[0]
+    x = logits[np.random.RandomState(seed).permutation(n)].astype(np.float64)
+    z = x - x.max(axis=1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    scores = []
+    for i in range(splits):
+        chunk = p[i * n // splits:(i + 1) * n // splits]
+        q = chunk.mean(axis=0, keepdims=True)
+        scores.append(np.exp((chunk * (np.log(chunk) - np.log(q))).sum(axis=1).mean()))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _torch_fidelity_kid(f1: np.ndarray, f2: np.ndarray, subsets: int, size: int, seed: int) -> float:
+    """torch-fidelity's metric_kid subset draws (RandomState(seed).choice per subset, input 1
+    then input 2) with the unbiased polynomial-kernel MMD^2, written out with explicit loops."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(subsets):
+        a = f1[rng.choice(len(f1), size, replace=False)]
+        b = f2[rng.choice(len(f2), size, replace=False)]
+        k = lambda u, v: (u @ v.T / u.shape[1] + 1.0) ** 3  # noqa: E731
+        kxx, kyy, kxy = k(a, a), k(b, b), k(a, b)
+        m = size
+        out.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
+    return float(np.mean(out))
+
+
+def test_metric_conventions_match_torch_fidelity() -> None:
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(103, 10)) * 3  # N not divisible by the splits: chunk bounds matter
+    want = _torch_fidelity_isc(logits, splits=10, seed=2020)
+    assert tmetrics.inception_score(logits, splits=10) == pytest.approx(want, rel=1e-12)
+    assert tmetrics.inception_score(logits, splits=10, shuffle=False) != pytest.approx(want, rel=1e-6)
+    f1, f2 = rng.normal(size=(60, 5)), rng.normal(size=(70, 5)) + 0.3
+    kid, _ = tmetrics.kernel_inception_distance(f1, f2, num_subsets=4, subset_size=20,
+                                               rng=np.random.RandomState(tmetrics.TORCH_FIDELITY_SEED))
+    assert kid == pytest.approx(_torch_fidelity_kid(f1, f2, 4, 20, 2020), rel=1e-10)
+    # The Evaluator's defaults are torch-fidelity's: 10 IS splits, 100 KID subsets of 1000.
+    ev = tmetrics.Evaluator(lambda x: (x, x), np.zeros((2, 1, 1, 3), np.uint8))
+    assert (ev.is_splits, ev.kid_subsets, ev.kid_subset_size, ev.max_reference) == (10, 100, 1000, None)
 
 
 def test_inception_availability_reports_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

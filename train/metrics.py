@@ -86,19 +86,25 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, **kernel: Any) -> float:
     return float(sxx + syy - 2.0 * kxy.mean())
 
 
+# torch-fidelity's default seed for IS shuffling and KID subsets (its DEFAULTS["rng_seed"]).
+TORCH_FIDELITY_SEED = 2020
+
+
 def kernel_inception_distance(
     features1: np.ndarray,
     features2: np.ndarray,
     *,
     num_subsets: int = 100,
     subset_size: int = 1000,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | np.random.RandomState | None = None,
     degree: int = 3,
     gamma: float | None = None,
     coef0: float = 1.0,
 ) -> tuple[float, float]:
     """KID (Binkowski et al.): mean and std of the unbiased MMD^2 over random subsets drawn
-    without replacement (subset size capped at the smaller set)."""
+    without replacement (subset size capped at the smaller set; torch-fidelity refuses instead).
+    Per subset, the indices of ``features1`` then ``features2`` come from ``rng.choice(n, m,
+    replace=False)``: with ``rng=np.random.RandomState(2020)`` the subsets are torch-fidelity's."""
     f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(f"need (N, D) features with equal D, got {f1.shape} and {f2.shape}")
@@ -123,20 +129,27 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+def inception_score(logits: np.ndarray, splits: int = 10, *, shuffle: bool = True,
+                    seed: int = TORCH_FIDELITY_SEED) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std) over ``splits``.
 
-    ``logits`` are pre-softmax class scores, (N, C). Samples are split in order (no shuffle).
+    ``logits`` are pre-softmax class scores, (N, C). torch-fidelity's convention: the samples
+    are first shuffled with ``np.random.RandomState(seed).permutation`` (seed 2020), then split
+    into chunks ``[i*N//splits, (i+1)*N//splits)``, in float64.
     """
     lg = np.asarray(logits, np.float64)
     if lg.ndim != 2 or lg.shape[0] < splits or splits < 1:
         raise ValueError(f"need (N, C) logits with N >= splits >= 1, got shape {lg.shape} and splits={splits}")
+    n = lg.shape[0]
+    if shuffle:
+        lg = lg[np.random.RandomState(seed).permutation(n)]
     logp = _log_softmax(lg)
     p = np.exp(logp)
     scores = []
-    for part_logp, part_p in zip(np.array_split(logp, splits), np.array_split(p, splits), strict=True):
-        log_py = np.log(part_p.mean(axis=0) + 1e-300)
-        kl = (part_p * (part_logp - log_py)).sum(axis=1).mean()
+    for i in range(splits):
+        rows = slice(i * n // splits, (i + 1) * n // splits)
+        log_py = np.log(p[rows].mean(axis=0) + 1e-300)
+        kl = (p[rows] * (logp[rows] - log_py)).sum(axis=1).mean()
         scores.append(np.exp(kl))
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -301,11 +314,13 @@ class Evaluator:
     def evaluate(self, images: np.ndarray) -> dict[str, float]:
         ref = self.reference()
         pool, logits = extract_features(self.feature_fn, images, self.batch_size)
+        # torch-fidelity's conventions: IS shuffled with seed 2020 in 10 splits; KID 100 subsets
+        # of 1000 drawn by RandomState(2020); FID on all reference features (README "Evaluation").
         is_mean, is_std = inception_score(logits, splits=min(self.is_splits, images.shape[0]))
         mu, sigma = feature_statistics(pool)
         kid, kid_std = kernel_inception_distance(
             pool, ref["kid_features"], num_subsets=self.kid_subsets, subset_size=self.kid_subset_size,
-            rng=np.random.default_rng(self.seed),
+            rng=np.random.RandomState(TORCH_FIDELITY_SEED),
         )
         return {
             "IS": is_mean,
