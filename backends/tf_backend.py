@@ -9,19 +9,15 @@ from typing import Any
 import tensorflow as tf
 import tensorflow.experimental.numpy as tnp
 
+from valr_core.interface import critic_owners
+
 
 def _layers_of(critic: Any) -> list[Any]:
     """Keras BatchNormalization layers behind a critic: itself, the owner of a bound method, a
     partial's func and arguments, and the layers/models a plain function closes over."""
     import keras
 
-    candidates = [critic, getattr(critic, "__self__", None), getattr(critic, "func", None)]
-    candidates += list(getattr(critic, "args", ()) or ()) + list((getattr(critic, "keywords", None) or {}).values())
-    for cell in getattr(critic, "__closure__", None) or ():
-        try:
-            candidates.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
+    candidates = critic_owners(critic)
     found: list[Any] = []
     for owner in candidates:
         if isinstance(owner, keras.layers.Layer):

@@ -11,17 +11,13 @@ import array_api_compat.torch as torch_namespace
 import torch
 from torch import nn
 
+from valr_core.interface import critic_owners
+
 
 def _modules_of(critic: Any) -> list[nn.Module]:
     """The nn.Modules behind a critic: itself, the owner of a bound method, a partial's func and
     arguments, and the modules a plain function closes over."""
-    candidates = [critic, getattr(critic, "__self__", None), getattr(critic, "func", None)]
-    candidates += list(getattr(critic, "args", ()) or ()) + list((getattr(critic, "keywords", None) or {}).values())
-    for cell in getattr(critic, "__closure__", None) or ():
-        try:
-            candidates.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
+    candidates = critic_owners(critic)
     seen: list[nn.Module] = []
     for candidate in candidates:
         if isinstance(candidate, nn.Module) and all(candidate is not m for m in seen):

@@ -13,22 +13,10 @@ import argparse
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from examples.common import eight_gaussians, exact_w1
 from valr_core.frontends.torch_module import VALPModule
-
-
-def eight_gaussians(rng: np.random.Generator, n: int) -> np.ndarray:
-    angles = 2 * np.pi * rng.integers(0, 8, n) / 8
-    return (2.0 * np.stack([np.cos(angles), np.sin(angles)], 1) + 0.1 * rng.standard_normal((n, 2))).astype(np.float32)
-
-
-def exact_w1(p: np.ndarray, q: np.ndarray) -> float:
-    """W1 between two equal-size empirical measures: the optimal one-to-one assignment."""
-    cost = np.linalg.norm(p[:, None].astype(np.float64) - q[None].astype(np.float64), axis=-1)
-    rows, cols = linear_sum_assignment(cost)
-    return float(cost[rows, cols].mean())
 
 
 def mlp(n_in: int, n_out: int, hidden: int = 64) -> nn.Module:

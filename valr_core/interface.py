@@ -70,3 +70,17 @@ class Backend(Protocol):
 
     def frozen_state(self, critic: Any) -> AbstractContextManager[None]:
         """Context in which calling ``critic`` leaves its normalisation statistics unchanged."""
+
+
+def critic_owners(critic: Any) -> list[Any]:
+    """The objects a critic callable may run: itself, the owner of a bound method, a partial's
+    func and arguments, and what a plain function closes over. Adapters keep those of their
+    framework's module type (to freeze normalisation statistics during VALP's passes)."""
+    candidates = [critic, getattr(critic, "__self__", None), getattr(critic, "func", None)]
+    candidates += list(getattr(critic, "args", ()) or ()) + list((getattr(critic, "keywords", None) or {}).values())
+    for cell in getattr(critic, "__closure__", None) or ():
+        try:
+            candidates.append(cell.cell_contents)
+        except ValueError:  # an empty cell
+            pass
+    return [c for c in candidates if c is not None]
