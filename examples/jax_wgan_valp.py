@@ -10,15 +10,13 @@ goes through ``pure_critic`` so that VALP's extra passes could not touch BatchNo
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from examples.common import eight_gaussians, exact_w1
+from examples.common import eight_gaussians, exact_w1, parse_args
 from valr_core import VALP, ALState
 from valr_core.frontends.nnx import pure_critic
 
@@ -34,17 +32,7 @@ class MLP(nnx.Module):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300, help="generator steps")
-    ap.add_argument("--n-critic", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr-critic", type=float, default=2e-3)
-    ap.add_argument("--lr-gen", type=float, default=1e-4)
-    ap.add_argument("--eps-max", type=float, default=3.0, help="largest VALP radius: the scale of the gaps between the distributions")
-    ap.add_argument("--rho", type=float, default=1.0)
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv)
 
     rng = np.random.default_rng(args.seed)
     gen, critic = MLP(2, 2, nnx.Rngs(args.seed)), MLP(2, 1, nnx.Rngs(args.seed + 1))

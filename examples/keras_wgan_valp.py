@@ -9,13 +9,11 @@ Needs Keras' TensorFlow backend (the default when TensorFlow is installed).
 
 from __future__ import annotations
 
-import argparse
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from examples.common import eight_gaussians, exact_w1
+from examples.common import eight_gaussians, exact_w1, parse_args
 from valr_core.frontends.keras_wgan import WGANVALP, VALPCallback
 
 
@@ -46,17 +44,7 @@ class W1Monitor(keras.callbacks.Callback):
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300, help="generator steps")
-    ap.add_argument("--n-critic", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr-critic", type=float, default=2e-3)
-    ap.add_argument("--lr-gen", type=float, default=1e-4)
-    ap.add_argument("--eps-max", type=float, default=3.0, help="largest VALP radius: the scale of the gaps between the distributions")
-    ap.add_argument("--rho", type=float, default=1.0)
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv)
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)

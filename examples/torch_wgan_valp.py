@@ -9,13 +9,11 @@ the critic track the Wasserstein distance as the generator closes it.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import torch
 from torch import nn
 
-from examples.common import eight_gaussians, exact_w1
+from examples.common import eight_gaussians, exact_w1, parse_args
 from valr_core.frontends.torch_module import VALPModule
 
 
@@ -24,17 +22,7 @@ def mlp(n_in: int, n_out: int, hidden: int = 64) -> nn.Module:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300, help="generator steps")
-    ap.add_argument("--n-critic", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr-critic", type=float, default=2e-3)
-    ap.add_argument("--lr-gen", type=float, default=1e-4)
-    ap.add_argument("--eps-max", type=float, default=3.0, help="largest VALP radius: the scale of the gaps between the distributions")
-    ap.add_argument("--rho", type=float, default=1.0)
-    ap.add_argument("--eval-every", type=int, default=50)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv)
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
