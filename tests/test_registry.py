@@ -1,5 +1,6 @@
-"""The adapters come from valr's own distribution: a user's unrelated ``backends`` package,
-first on sys.path or already imported, must not stand in for them."""
+"""The adapters are ``valr_core.backends`` (the repository's top-level ``backends/``, mapped into
+the package): a user's unrelated ``backends`` package, first on sys.path or already imported,
+must not stand in for them."""
 
 from __future__ import annotations
 
@@ -36,20 +37,20 @@ def test_user_backends_package_on_sys_path_does_not_replace_the_adapters(framewo
         import valr_core
         b = valr_core.get_backend("{framework}")
         mod = sys.modules[type(b).__module__]
-        print(b.name, hasattr(b, "input_grad"), mod.__file__, sys.modules["backends"].__file__)
+        print(b.name, hasattr(b, "input_grad"), mod.__name__, mod.__file__, sys.modules["backends"].__file__)
     """
-    name, has_input_grad, adapter_file, package_file = _run(code, _shadow(tmp_path)).split()
-    assert (name, has_input_grad) == (framework, "True")
+    name, has_input_grad, module, adapter_file, package_file = _run(code, _shadow(tmp_path)).split()
+    assert (name, has_input_grad, module) == (framework, "True", f"valr_core.backends.{framework}_backend")
     assert pathlib.Path(adapter_file).resolve() == ROOT / "backends" / f"{framework}_backend.py"
     assert pathlib.Path(package_file).resolve() == tmp_path / "backends" / "__init__.py"  # left alone
 
 
-def test_own_backends_package_is_used_when_it_is_the_importable_one(framework: str) -> None:
-    """Without a shadow, ``backends.<fw>_backend`` is the module (one class object for users
-    who import the adapter directly)."""
+def test_adapter_module_is_valr_core_backends(framework: str, tmp_path: pathlib.Path) -> None:
+    """``valr_core.backends.<fw>_backend`` is the module (one class object for users who import
+    the adapter directly); no top-level ``backends`` is imported on the way."""
     code = f"""
-        import valr_core, backends
-        from backends import {framework}_backend
-        print(valr_core.get_backend("{framework}") is {framework}_backend.BACKEND)
+        import sys, valr_core
+        from valr_core.backends import {framework}_backend
+        print(valr_core.get_backend("{framework}") is {framework}_backend.BACKEND and "backends" not in sys.modules)
     """
-    assert _run(code, ROOT) == "True"
+    assert _run(code, tmp_path) == "True"

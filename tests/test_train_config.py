@@ -5,6 +5,7 @@ exits with the flag's name; one seed policy; the shared penalty factory's choice
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,32 @@ def test_help_shows_every_penalty_flag_with_its_default() -> None:
                             ("--valp-fraction FRACTION", "1.0"), ("--seed SEED", "0"),
                             ("--batch-size BATCH_SIZE", "64")):
         after = text.split(option, 1)[1].split(" --", 1)[0]
-        assert f"(default: {default})" in after, (option, after)
+        assert f"(paper: {default})" in after, (option, after)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "digits"])
+def test_preset_help_shows_that_presets_values(preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--help", "--preset", preset])  # --help first: the preset is still read
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split()).split(" options: ", 1)[1]  # past the usage
+    expected = preset_config(preset)
+    for option, name in (("--steps STEPS", "steps"), ("--batch-size BATCH_SIZE", "batch_size"),
+                         ("--critic-channels CRITIC_CHANNELS", "critic_channels")):
+        after = text.split(option, 1)[1].split(" --", 1)[0]
+        assert f"({preset}: {getattr(expected, name)})" in after, (option, after)
+
+
+def test_print_config_prints_the_resolved_settings_and_exits(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code = ("import sys; from train.loop import main; "
+            "sys.exit(main('none', lambda cfg: (_ for _ in ()).throw(AssertionError('built a trainer')), "
+            f"['--preset', 'digits', '--steps', '7', '--valp-eps-max', '3', '--out', {str(out)!r}, '--print-config']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)
+    assert (settings["preset"], settings["steps"], settings["eps_max"], settings["arch"]) == ("digits", 7, 3.0, "dcgan")
+    assert not out.exists()  # printed, nothing written
 
 
 def test_batch_larger_than_the_dataset_exits_2_before_training(tmp_path: Path) -> None:

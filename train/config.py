@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -314,6 +315,8 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
                    help="rerun a saved run: its config.json is the base (instead of --preset); flags given override it")
     g.add_argument("--debug", action="store_true", default=None,
                    help="on an error, print the full traceback (default: one line)")
+    g.add_argument("--print-config", dest="print_config", action="store_true", default=None,
+                   help="print the resolved settings (preset, --config, --resume and flags applied) as JSON and exit")
     _bool_flag(g, "progress", "tqdm progress bar")
     _bool_flag(g, "tensorboard", "write TensorBoard event files")
 
@@ -391,19 +394,29 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
 
 
 class _PresetDefaultsFormatter(argparse.HelpFormatter):
-    """Shows each setting's default (the paper preset's value) in --help, like argparse's
-    ArgumentDefaultsHelpFormatter does for plain defaults."""
+    """Shows each setting's value under the chosen preset in --help (``--preset smoke --help``:
+    the smoke values), like argparse's ArgumentDefaultsHelpFormatter does for plain defaults."""
+
+    def __init__(self, prog: str, preset: str = "paper", **kwargs: Any) -> None:
+        super().__init__(prog, **kwargs)
+        self._preset = preset
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         if action.dest in names and "default:" not in text and text != argparse.SUPPRESS:
-            text = f"{text} (default: {_paper(action.dest)})".strip()
+            value = PRESETS[self._preset].get(action.dest, getattr(TrainConfig, action.dest))
+            text = f"{text} ({self._preset}: {value})".strip()
         return text
 
 
-def _paper(name: str) -> Any:
-    return PRESETS["paper"].get(name, getattr(TrainConfig, name))
+def _show_preset_in_help(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """Read ``--preset`` ahead of parsing, so that ``--help`` (wherever it stands) shows its values."""
+    ahead = argparse.ArgumentParser(add_help=False)
+    ahead.add_argument("--preset", default="paper")
+    preset = ahead.parse_known_args(argv)[0].preset
+    if preset in PRESETS and isinstance(parser.formatter_class, type) and issubclass(parser.formatter_class, _PresetDefaultsFormatter):
+        parser.formatter_class = functools.partial(_PresetDefaultsFormatter, preset=preset)  # type: ignore[assignment]
 
 
 class _ClipAction(argparse.Action):
@@ -418,7 +431,7 @@ class _ClipAction(argparse.Action):
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
     """Preset + explicitly given flags -> validated TrainConfig (ConfigError names the flag)."""
     overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("preset", "lr", "debug", "config_file")}
+                 if v is not None and k not in ("preset", "lr", "debug", "config_file", "print_config")}
     if getattr(args, "lr", None) is not None:
         overrides.setdefault("lr_g", args.lr)
         overrides.setdefault("lr_d", args.lr)
@@ -443,6 +456,7 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
                  parser: argparse.ArgumentParser | None = None) -> TrainConfig:
     """Parse ``argv``; invalid values exit via ``parser.error`` with the flag named."""
     parser = parser or build_parser(framework)
+    _show_preset_in_help(parser, argv)
     args = parser.parse_args(argv)
     try:
         return config_from_args(args, framework)

@@ -732,6 +732,9 @@ def main(
                     cfg = resumed_config(saved, parser.parse_args(args), cfg)
                 except ConfigError as e:
                     parser.error(f"--resume: {e}")
+        if "--print-config" in args:
+            print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+            return 0
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
         check_batch_fits(cfg, data)  # before building models: fail in seconds, not minutes
         trainer = make_trainer(cfg)

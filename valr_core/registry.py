@@ -9,21 +9,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from .interface import Backend
 
-# The adapters ship beside valr_core in this distribution; they are loaded from here only, so
-# an unrelated top-level ``backends`` package of the user's cannot stand in for them.
-_ADAPTERS = Path(__file__).resolve().parent.parent / "backends"
+# The adapters live in the repository's top-level ``backends/`` and install as
+# ``valr_core.backends`` (a package-dir mapping in pyproject.toml), so a user's own top-level
+# ``backends`` package can never stand in for them.
 
 # registry name -> (adapter module, framework import name, pip extra)
 _BACKENDS: dict[str, tuple[str, str, str]] = {
-    "torch": ("backends.torch_backend", "torch", "torch"),
-    "tf": ("backends.tf_backend", "tensorflow", "tf"),
-    "jax": ("backends.jax_backend", "jax", "jax"),
+    "torch": ("valr_core.backends.torch_backend", "torch", "torch"),
+    "tf": ("valr_core.backends.tf_backend", "tensorflow", "tf"),
+    "jax": ("valr_core.backends.jax_backend", "jax", "jax"),
 }
 _ALIASES = {"torch": "torch", "pytorch": "torch", "tf": "tf", "tensorflow": "tf", "jax": "jax"}
 
@@ -47,52 +45,27 @@ def get_backend(name: str) -> Backend:
     if key is None:
         raise ValueError(f"unknown backend {name!r}; expected one of {sorted(_ALIASES)}")
     module_name, framework, extra = _BACKENDS[key]
-    path = _ADAPTERS / f"{module_name.rsplit('.', 1)[1]}.py"
-    if not path.is_file():
-        raise ImportError(
-            f"valr's adapter for backend {name!r} is missing (expected {path}); the installation "
-            "is incomplete: reinstall valr (pip install --force-reinstall valr)"
-        )
     if importlib.util.find_spec(framework) is None:
         raise ImportError(
             f"backend {name!r} needs the '{framework}' package, which is not installed; "
             f"install it with: pip install 'valr[{extra}]'"
         )
-    backend = _load_adapter(module_name, path).BACKEND
+    backend = _import_adapter(module_name).BACKEND
     _LOADED[name] = backend
     return backend
 
 
-def _is_ours(package: Any) -> bool:
-    locations = getattr(package, "__path__", None) or getattr(package, "submodule_search_locations", None) or ()
-    return any(Path(p).resolve() == _ADAPTERS for p in locations)
-
-
-def _load_adapter(module_name: str, path: Path) -> ModuleType:
-    """``backends.<fw>_backend`` when the importable ``backends`` is this distribution's;
-    otherwise the same file under a private module name."""
-    package = sys.modules.get("backends")
-    if package is None:
-        try:
-            package = importlib.util.find_spec("backends")
-        except (ImportError, ValueError):
-            package = None
-    if package is not None and _is_ours(package):
-        return importlib.import_module(module_name)
-    private = f"_valr_{module_name.replace('.', '_')}"
-    if private in sys.modules:
-        return sys.modules[private]
-    spec = importlib.util.spec_from_file_location(private, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load valr's backend adapter from {path}; reinstall valr")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[private] = module
+def _import_adapter(module_name: str) -> Any:
     try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[private]
-        raise
-    return module
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name not in (module_name, "valr_core.backends"):
+            raise
+        raise ImportError(
+            f"valr's adapter {module_name} is missing: valr_core was imported from a source "
+            "checkout that is not installed, or from an incomplete installation; run "
+            "'pip install -e .' in the checkout, or reinstall valr"
+        ) from None
 
 
 def _loaded_backends() -> list[Backend]:
