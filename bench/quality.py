@@ -1,6 +1,6 @@
 """Does VALP train a better GAN than GP? The small-scale test, on 2 CPU cores: WGANs on the
 bundled digits (the ``digits`` preset) with each Lipschitz regulariser, several seeds, equal
-iterations, scored offline by ``train.digits_quality`` (FD-digits, KID, classes covered).
+iterations, scored offline by ``train.evaluation.digits`` (FD-digits, KID, classes covered).
 
     python -m bench.quality                      # torch and JAX, 3 seeds, 200 iterations each
     python -m bench.quality --frameworks torch --seeds 0 --steps 20 --out /tmp/q   # a quick look
@@ -74,8 +74,8 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     from train import contract
     from train.config import preset_config
     from train.data import load_digits, to_model_range
-    from train.logs import read_jsonl
     from train.loop import run_training
+    from train.runs.logs import read_jsonl
 
     settings = PENALTIES[task["penalty"]]
     with tempfile.TemporaryDirectory() as out:

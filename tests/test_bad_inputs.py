@@ -35,10 +35,10 @@ from PIL import Image
 from tests.conftest import SELECTED
 from tests.tally import record, reliability_tally  # noqa: F401 - the session fixture printing the counts
 from tests.test_train_infra import ToyTrainer
-from train import checkpoint as ckpt
 from train import data as tdata
 from train import loop
 from train.loop import NonFiniteError, run_training
+from train.runs import checkpoint as ckpt
 
 # The toy trainer runs in the framework-free env; each framework env runs its own trainer.
 RUNNERS = ["numpy"] if os.environ.get("VALR_BACKENDS", "") in ("", "none") else []

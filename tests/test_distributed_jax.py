@@ -44,7 +44,7 @@ import concurrent.futures, json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import jax
-from train import checkpoint as ckpt
+from train.runs import checkpoint as ckpt
 from train import jax_distributed as jd
 from train.config import preset_config
 from train.jax_wgan import JaxWGAN, classic_threefry

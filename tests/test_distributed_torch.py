@@ -23,10 +23,10 @@ dist = pytest.importorskip("torch.distributed")
 
 from tests.test_trainer_contract import real_batch as _real  # noqa: E402
 from tests.test_trainer_contract import tiny_cfg as _cfg  # noqa: E402
-from train import checkpoint as ckpt  # noqa: E402
-from train import logs as tlogs  # noqa: E402
 from train.loop import run_training  # noqa: E402
 from train.penalties import PenaltyOut  # noqa: E402
+from train.runs import checkpoint as ckpt  # noqa: E402
+from train.runs import logs as tlogs  # noqa: E402
 from train.seeds import stream_seed  # noqa: E402
 from train.torch_distributed import init_from_env  # noqa: E402
 from train.torch_wgan import TorchWGAN  # noqa: E402

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.tally import record, reliability_tally  # noqa: F401 - the session fixture printing the counts
-from train import checkpoint as ckpt
+from train.runs import checkpoint as ckpt
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = """

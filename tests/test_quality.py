@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train import digits_quality as dq
 from train.config import (
     RUN_INFO_KEY,
     ConfigError,
@@ -28,6 +27,7 @@ from train.config import (
     preset_config,
     resumed_config,
 )
+from train.evaluation import digits as dq
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_fd_and_kid_digits_match_independent_computations(classifier: dq.DigitsC
     assert out["FD_digits"] == pytest.approx(_independent_fd(feats, ref), rel=1e-6)
     assert out["FD_digits"] > 1.0
     # KID with one subset as large as the smaller set is the unbiased MMD^2 of all of it.
-    from train.metrics import kernel_inception_distance
+    from train.evaluation.inception import kernel_inception_distance
 
     kid, _ = kernel_inception_distance(feats, ref[:400], num_subsets=1, subset_size=400)
     assert kid == pytest.approx(_independent_mmd2(feats, ref[:400]), rel=1e-9)
@@ -122,10 +122,10 @@ def test_class_coverage() -> None:
 
 
 def test_plot_draws_a_metrics_csv(tmp_path: Path) -> None:
-    from train import plot
+    from train.runs import plot
 
-    rows = [{"step": s, "critic/loss": -s / 10, "gen/loss": s / 5, "critic/wdist": 1 + s / 100, "critic/mu": s / 50,
-             "critic/mean_violation": 0.1, "eval/FD_digits": 100 / s if s % 2 == 0 else ""} for s in range(1, 9)]
+    rows = [{"step": s, "critic/loss": -s / 10, "gen/loss": s / 5, "critic/wdist": 1 + s / 100, "valp/mu": s / 50,
+             "valp/mean_violation": 0.1, "eval/FD_digits": 100 / s if s % 2 == 0 else ""} for s in range(1, 9)]
     with (tmp_path / "metrics.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -187,7 +187,7 @@ TINY = ["--preset", "digits", "--steps", "2", "--n-critic", "1", "--batch-size",
 
 @pytest.mark.slow
 def test_digits_run_tools_and_resume_refusal(framework: str, tmp_path: Path) -> None:
-    from train import logs, plot, sample
+    from train.runs import logs, plot, sample
 
     out = tmp_path / "run"
     r = _cli(framework, *TINY, "--out", str(out))

@@ -20,10 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import checkpoint as ckpt
 from train import data as tdata
-from train import logs as tlogs
-from train import metrics as tmetrics
 from train.config import (
     ConfigError,
     TrainConfig,
@@ -33,7 +30,10 @@ from train.config import (
     parse_config,
     preset_config,
 )
+from train.evaluation import inception as tmetrics
 from train.loop import NonFiniteError, ResumeError, RunResult, main, run_training
+from train.runs import checkpoint as ckpt
+from train.runs import logs as tlogs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_cifar_missing_gives_instructions(tmp_path: Path, monkeypatch: pytest.Mo
                  tdata.CIFAR10_URL):
         assert part in msg
     calls = []
-    monkeypatch.setattr(tdata, "_can_connect", lambda *a: calls.append(a) or False)
+    monkeypatch.setattr(tdata.cifar10, "_can_connect", lambda *a: calls.append(a) or False)
     with pytest.raises(tdata.DataNotFoundError, match="no connection"):
         tdata.load_cifar10(tmp_path, download=True)
     assert calls and not list(tmp_path.iterdir())
@@ -291,7 +291,7 @@ def test_crash_mid_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, sys, numpy as np
         sys.path.insert(0, {str(REPO)!r})
-        from train import checkpoint as ckpt
+        from train.runs import checkpoint as ckpt
         os.fsync = lambda fd: os._exit(17)
         ckpt.CheckpointManager({str(tmp_path)!r}).save(6, {{"x": np.full(100000, 6.0)}}, {{"framework": "numpy"}})
     """)
@@ -421,8 +421,8 @@ def test_tensorboard_event_file(tmp_path: Path) -> None:
 
 
 def test_no_framework_imported() -> None:
-    code = ("import sys; import train.loop, train.data, train.logs, train.metrics, train.config, "
-            "train.checkpoint; bad = [m for m in ('torch', 'tensorflow', 'jax', 'tensorboardX') if m in sys.modules]; "
+    code = ("import sys; import train.loop, train.data, train.runs.logs, train.evaluation.inception, train.config, "
+            "train.runs.checkpoint; bad = [m for m in ('torch', 'tensorflow', 'jax', 'tensorboardX') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -702,7 +702,7 @@ def test_loop_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> No
     assert first.status == "interrupted" and first.step == 7 and first.signal == signal.SIGTERM
     assert first.exit_code == 128 + signal.SIGTERM and first.checkpoint is not None
     assert ckpt.load_checkpoint(first.checkpoint).metadata["loop"]["accum"]["counts"] == {
-        "critic/loss": 2, "critic/violation_frac": 2, "gen/loss": 1}
+        "critic/loss": 2, "valp/violation_frac": 2, "gen/loss": 1}
     assert signal.getsignal(signal.SIGTERM) == handler_before  # handlers restored
     resumed_cfg = cut_cfg.replace(resume="auto")
     second = run_training(ToyTrainer(resumed_cfg), resumed_cfg, data=_TOY_DATA)
@@ -758,7 +758,7 @@ def test_loop_eval_and_missing_inception(tmp_path: Path, caplog: pytest.LogCaptu
     assert [r["step"] for r in rows if "eval/FID" in r] == [3, 6]
 
     monkeypatch.setattr(tmetrics.importlib.util, "find_spec", lambda n: None)
-    # Not digits: those are scored offline by train.digits_quality (tests/test_quality.py).
+    # Not digits: those are scored offline by train.evaluation.digits (tests/test_quality.py).
     cfg = _toy_cfg(tmp_path / "noinc", steps=6, eval_every=2, eval_samples=20, final_eval_samples=20,
                    data="cifar10")
     with caplog.at_level("WARNING", logger="valr.train"):

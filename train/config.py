@@ -246,7 +246,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The main job on 2 CPU cores (about 5 minutes with torch): the bundled digits, the small
     # DCGAN (models/*_dcgan.py), VALP with the augmented Lagrangian on both batches. Quality
-    # (FD-digits, KID, classes covered: train.digits_quality) at the end.
+    # (FD-digits, KID, classes covered: train.evaluation.digits) at the end.
     "digits": {
         "clip": DATA_RANGE,
         "fraction": 1.0,

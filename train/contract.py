@@ -31,6 +31,18 @@ STATE_PREFIXES = ("gen", "critic", "ema", "opt_g", "opt_d")
 # Metrics of every critic step: these, plus the penalty's statistics (train.penalties).
 CRITIC_METRICS = ("loss", "wdist", "mu")
 GENERATOR_METRICS = ("loss",)
+# The objective's own metrics, logged as critic/<name>; the penalty's are logged under the core's
+# aux.stats names (valp/mean_violation, gp/mean_grad_norm, valp/mu, ...): one name everywhere.
+OBJECTIVE_METRICS = ("loss", "wdist")
+
+
+def logged_names(penalty: str, metrics: Mapping[str, Any], role: str = "critic") -> dict[str, Any]:
+    """A step's metrics under the names logs, CSV, TensorBoard and progress bars use. Without a
+    penalty (``none``) there are no penalty statistics to log."""
+    if role != "critic":
+        return {f"{role}/{k}": v for k, v in metrics.items()}
+    return {(f"critic/{k}" if k in OBJECTIVE_METRICS else f"{penalty}/{k}"): v
+            for k, v in metrics.items() if k in OBJECTIVE_METRICS or penalty != "none"}
 
 
 def critic_objective(

@@ -40,12 +40,12 @@ import optax
 from models import jax_dcgan
 from models.jax_resnet import Critic, Generator, init
 from models.spec import ResNetConfig
-from train import checkpoint as ckpt
 from train import contract, loop
 from train import jax_distributed as jd
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
 from train.penalties import Penalty, make_penalty, penalty_from_config
+from train.runs import checkpoint as ckpt
 from train.seeds import stream_seed
 from valr_core import ALState
 

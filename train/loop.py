@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from train import checkpoint as ckpt
+from train import contract
 from train.config import (
     RUN_INFO_KEY,
     ConfigError,
@@ -40,8 +40,14 @@ from train.config import (
     resumed_config,
 )
 from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
-from train.logs import MetricsWriter, TensorBoardWriter, save_image_grid
-from train.metrics import Evaluator, FeatureFn, InceptionFeatureExtractor, inception_available
+from train.evaluation.inception import (
+    Evaluator,
+    FeatureFn,
+    InceptionFeatureExtractor,
+    inception_available,
+)
+from train.runs import checkpoint as ckpt
+from train.runs.logs import MetricsWriter, TensorBoardWriter, save_image_grid
 from train.seeds import numpy_stream
 
 log = logging.getLogger("valr.train")
@@ -65,9 +71,9 @@ class Trainer(Protocol):
       NHWC (N, 32, 32, 3). Must not change any state that affects training.
     * ``state_arrays()``: the complete training state as a flat ``dict[str, np.ndarray]``
       (keys without a leading ``__``), including optimiser slots, EMA, BN statistics, the AL
-      multiplier and the trainer's RNG state (see :func:`train.checkpoint.json_to_array`).
+      multiplier and the trainer's RNG state (see :func:`train.runs.checkpoint.json_to_array`).
     * ``load_state_arrays(arrays)``: inverse of ``state_arrays``; validate with
-      :func:`train.checkpoint.validate_arrays` so mismatches name the key.
+      :func:`train.runs.checkpoint.validate_arrays` so mismatches name the key.
 
     Optional, for data-parallel trainers (absent = a single process):
 
@@ -444,7 +450,7 @@ class TrainingLoop:
             cache = self.out / "eval_reference.npz"
             if feature_fn is None and self.cfg.data == "digits":
                 # Offline: FD-digits / KID / class coverage on a NumPy digits classifier.
-                from train.digits_quality import DigitsEvaluator
+                from train.evaluation.digits import DigitsEvaluator
 
                 self._evaluator = DigitsEvaluator(seed=self.cfg.seed)  # type: ignore[assignment]
                 return self._evaluator
@@ -607,10 +613,10 @@ class TrainingLoop:
                               f"critic step {k + 1}/{cfg.n_critic}", step, self.last_ckpt)
             if cfg.clip_weights > 0:
                 self.trainer.clip_critic_weights(cfg.clip_weights)  # type: ignore[attr-defined]
-            self.accum.add("critic/", m)
+            self.accum.add("", contract.logged_names(cfg.penalty, m))
         g = _check_finite(self.trainer.generator_step(step), "generator step", step, self.last_ckpt)
-        self.accum.add("gen/", g)
-        self._postfix = {**{f"d_{k}": v for k, v in m.items()}, **{f"g_{k}": v for k, v in g.items()}}
+        self.accum.add("", contract.logged_names(cfg.penalty, g, role="gen"))
+        self._postfix = {**contract.logged_names(cfg.penalty, m), **contract.logged_names(cfg.penalty, g, role="gen")}
         self.train_seconds += time.perf_counter() - t0
         self.step = step + 1
 

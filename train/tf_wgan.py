@@ -44,11 +44,11 @@ import tensorflow.experimental.numpy as tnp  # noqa: E402
 
 from models import tf_dcgan, tf_resnet  # noqa: E402
 from models.spec import ResNetConfig, is_stat, param_table  # noqa: E402
-from train import checkpoint as ckpt  # noqa: E402
 from train import contract, loop, tf_distributed  # noqa: E402
 from train.config import ConfigError, TrainConfig, build_parser, lr_at  # noqa: E402
 from train.data import to_uint8  # noqa: E402
 from train.penalties import penalty_from_config, reductions_for  # noqa: E402
+from train.runs import checkpoint as ckpt  # noqa: E402
 from train.seeds import stream_seed  # noqa: E402
 from valr_core import ALState  # noqa: E402
 

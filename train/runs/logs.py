@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from train.checkpoint import atomic_open
+from train.runs.checkpoint import atomic_open
 from train.data import to_uint8
 
 # ----------------------------------------------------------------------------- metrics files

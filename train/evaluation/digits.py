@@ -11,7 +11,7 @@ NumPy, so no framework is needed. On its hidden features:
   ``COVERAGE_MIN`` of the samples are classified as it), and ``confidence``: the classifier's mean
   top probability on the samples (the standard mode-coverage measure of GANs trained on MNIST).
 
-``python -m train.digits_quality`` trains (or loads) the classifier and prints its held-out
+``python -m train.evaluation.digits`` trains (or loads) the classifier and prints its held-out
 accuracy.
 """
 
@@ -25,7 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from train.metrics import feature_statistics, frechet_distance, kernel_inception_distance
+from train.evaluation.inception import (
+    feature_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+)
 
 log = logging.getLogger("valr.train")
 
@@ -146,7 +150,7 @@ def load_classifier(cache: bool = True) -> DigitsClassifier:
     if clf is None:
         clf = train_classifier()
         if cache:
-            from train.checkpoint import atomic_open
+            from train.runs.checkpoint import atomic_open
 
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_open(path, "wb") as f:

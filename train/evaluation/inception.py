@@ -305,7 +305,7 @@ class Evaluator:
         keep = np.random.default_rng(self.seed).permutation(pool.shape[0])[:10000]
         self._ref = {"mu": mu, "sigma": sigma, "kid_features": pool[np.sort(keep)]}
         if self.cache_path is not None:
-            from train.checkpoint import atomic_open
+            from train.runs.checkpoint import atomic_open
 
             with atomic_open(self.cache_path, "wb") as f:
                 np.savez(f, key=np.array(self.reference_key), **self._ref)
