@@ -25,9 +25,9 @@ from train.config import (
     build_parser,
     parse_config,
     preset_config,
-    resumed_config,
 )
 from train.evaluation import digits as dq
+from train.resume import resumed_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -52,7 +52,7 @@ def test_paper_preset_is_the_papers_setting() -> None:
 
 def test_settings_reach_the_core_by_one_name() -> None:
     cfg = parse_config(["--preset", "smoke", "--lam", "3", "--reduction", "max", "--mode", "squared",
-                        "--rho", "0.2", "--valp-k", "2", "--valp-xi", "5", "--valp-eps-min", "0.5",
+                        "--valp-k", "2", "--valp-xi", "5", "--valp-eps-min", "0.5",
                         "--valp-eps-max", "4", "--valp-n-power", "2", "--valp-start", "gaussian",
                         "--valp-fraction", "0.25", "--no-valp-clip"])
     pen = penalties.penalty_from_config(cfg, "jax")  # builds the core config; imports no framework
@@ -60,7 +60,7 @@ def test_settings_reach_the_core_by_one_name() -> None:
     assert isinstance(core, VALP)
     assert (core.lam, core.reduction, core.mode, core.rho, core.K, core.xi, core.eps_min, core.eps_max,
             core.n_power, core.start, core.fraction, core.clip) == (
-        3.0, "max", "squared", 0.2, 2.0, 5.0, 0.5, 4.0, 2, "gaussian", 0.25, None)
+        3.0, "max", "squared", ValpConfig().rho, 2.0, 5.0, 0.5, 4.0, 2, "gaussian", 0.25, None)
     assert parse_config(["--preset", "smoke", "--valp-clip"]).clip == (-1.0, 1.0)
     gp = penalties.penalty_from_config(parse_config(["--penalty", "lp", "--lam", "5", "--reduction", "sum"]), "torch")
     assert isinstance(gp.core, LP) and (gp.core.lam, gp.core.reduction, gp.core.mode) == (5.0, "sum", "squared")

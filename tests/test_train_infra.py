@@ -598,7 +598,7 @@ def test_presets_follow_spec() -> None:
 
 
 def test_cli_flags_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = parse_config(["--preset", "smoke", "--penalty", "gp", "--lr", "1e-3", "--valp-fraction", "1",
+    cfg = parse_config(["--preset", "smoke", "--penalty", "gp", "--lr", "1e-3",
                         "--no-flip", "--resume", "--steps", "7"], framework="jax")
     assert (cfg.penalty, cfg.lr_g, cfg.lr_d, cfg.fraction, cfg.flip, cfg.resume, cfg.steps, cfg.framework) == (
         "gp", 1e-3, 1e-3, 1.0, False, "auto", 7, "jax")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, get_args
 
 from models.spec import ARCHS
-from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS
+from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS, VALP_FIELDS
 from train.seeds import MAX_SEED, stream_seed
 from valr_core import ValpConfig
 from valr_core.config import Mode, Reduction, Start
@@ -30,6 +30,43 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|tpu(:\d+)?)$")
 
 class ConfigError(ValueError):
     """An invalid setting; the message names the command-line flag."""
+
+
+# JSON types each declared field type accepts (Literal aliases such as Mode are strings; an int
+# is a valid float; bool is never a number). Declared types are read from the annotations.
+_JSON_KINDS: dict[str, tuple[type, ...]] = {
+    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+    "tuple": (list, tuple), "None": (type(None),),
+}
+
+
+def _alternatives(declared: Any) -> list[str]:
+    text = declared.__name__ if isinstance(declared, type) else str(declared)
+    return [alt.strip().split("[", 1)[0] for alt in text.split("|")]
+
+
+def _has_declared_type(value: Any, declared: Any) -> bool:
+    for alt in _alternatives(declared):
+        kinds = _JSON_KINDS.get(alt, (str,))  # Literal aliases (Mode, Reduction, Start): strings
+        if isinstance(value, bool) and bool not in kinds:
+            continue
+        if isinstance(value, kinds):
+            if alt == "tuple":
+                return all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+            return True
+    return False
+
+
+def _declared(declared: Any) -> str:
+    words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+             "dict": "a JSON object", "tuple": "a list of numbers", "None": "null"}
+    return " or ".join(words.get(alt, "a string") for alt in _alternatives(declared))
+
+
+def json_repr(value: Any) -> str:
+    import json
+
+    return f"{json.dumps(value)} ({type(value).__name__})"
 
 
 def flag(name: str) -> str:
@@ -107,6 +144,7 @@ class TrainConfig(_CountSettings, _PenaltySettings):
     seed: int = 0
     data_seed: int | None = None  # None: derived from seed
     out: str = "runs/valr"
+    out_exists_ok: bool = False  # write into a non-empty --out that is not a valr run (train.resume)
     resume: str | None = None  # None: fresh run; "auto": latest in out dir if any; else a path
     device: str = "auto"
 
@@ -145,10 +183,15 @@ class TrainConfig(_CountSettings, _PenaltySettings):
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """Settings from JSON, each checked against its declared type (bool is not an int,
+        a number is not a string); ConfigError names the key."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}")
+        for key, value in d.items():
+            if not _has_declared_type(value, fields[key].type):
+                raise ConfigError(f"{key!r} must be {_declared(fields[key].type)}, got {json_repr(value)}")
         values = dict(d)
         if isinstance(values.get("clip"), list):  # JSON has no tuples
             values["clip"] = tuple(values["clip"])
@@ -217,6 +260,23 @@ class TrainConfig(_CountSettings, _PenaltySettings):
         need(bool(self.out), "out", "must be a directory path")
         need(self.resume is None or bool(self.resume), "resume", "must be 'auto' or a checkpoint path")
         return self
+
+
+def ignored_settings(cfg: TrainConfig) -> dict[str, str]:
+    """The settings the chosen penalty and mode never read, each with what is used instead: a
+    flag given for one of these is refused rather than silently ignored."""
+    if cfg.penalty == "none":
+        return dict.fromkeys(PENALTY_FIELDS, "--penalty none adds no penalty (weight clipping is --clip-weights)")
+    ignored = {}
+    if cfg.penalty != "valp":
+        ignored = dict.fromkeys(VALP_FIELDS, f"--penalty {cfg.penalty} has no VALP settings (it uses --lam, "
+                                             "--mode, --rho and --reduction)")
+    mode = cfg.penalty_settings()["mode"]
+    if mode == "al":
+        ignored["lam"] = "with --mode al (VALP's default) the penalty is mu * R(L) + rho/2 * R(L^2): set --rho instead"
+    else:
+        ignored["rho"] = f"with --mode {mode} the penalty's weight is --lam; --rho is the augmented Lagrangian's (--mode al)"
+    return ignored
 
 
 # ----------------------------------------------------------------------------- presets
@@ -305,6 +365,8 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
     g = p.add_argument_group("run")
     g.add_argument("--preset", choices=tuple(PRESETS), default="paper", help="base settings (default: paper)")
     g.add_argument("--out", default=None, help="output directory (logs, samples, checkpoints)")
+    g.add_argument("--out-exists-ok", dest="out_exists_ok", action="store_true", default=None,
+                   help="write into a non-empty --out that holds no valr run (its files are never overwritten)")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume from the latest checkpoint in --out (or from the given checkpoint file/dir)")
     g.add_argument("--device", default=None, help="auto, cpu, cuda[:N], gpu[:N], tpu[:N]")
@@ -449,7 +511,13 @@ def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConf
     cfg.extra.update(extra)
     if framework:
         cfg.framework = framework
-    return cfg.validate()
+    cfg.validate()
+    for name in overrides:
+        reason = ignored_settings(cfg).get(name)
+        if reason:
+            option = FLAGS[name][0] if name in FLAGS else flag(name)
+            raise ConfigError(f"{option} has no effect here: {reason}")
+    return cfg
 
 
 def parse_config(argv: Sequence[str] | None = None, framework: str = "",
@@ -467,14 +535,7 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
 
 # ----------------------------------------------------------------------------- saved runs
 
-RUN_INFO_KEY = "run"  # config.json's record of the launch (versions, commit, argv, device): not a setting
-# Settings a resumed run may change (everything else must equal the saved run's): where and how
-# long it runs and what it writes, never what it trains.
-RESUME_OVERRIDES = frozenset({
-    "resume", "steps", "out", "progress", "tensorboard", "device", "data_path", "download", "inception_weights",
-    "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples",
-    "final_eval_samples", "skip_nonfinite", "preset", "framework",
-})
+RUN_INFO_KEY = "run"  # config.json's record of the launch (train.resume owns every resume rule)
 
 
 def saved_settings(path: str | Any) -> dict[str, Any]:
@@ -497,36 +558,3 @@ def saved_settings(path: str | Any) -> dict[str, Any]:
     except (ConfigError, TypeError) as e:
         raise ConfigError(f"--config {p}: {e}") from None
     return data
-
-
-def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The TrainConfig fields given on the command line (``--lr`` counts as --lr-g and --lr-d)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    # --preset always has a value (its default): it is a base, not a setting given.
-    given = {k: v for k, v in vars(args).items() if v is not None and k in known and k != "preset"}
-    if getattr(args, "lr", None) is not None:
-        given.setdefault("lr_g", args.lr)
-        given.setdefault("lr_d", args.lr)
-    if "clip" in given:
-        given["clip"] = DATA_RANGE if given["clip"] else None
-    return given
-
-
-def resumed_config(saved: Mapping[str, Any], args: argparse.Namespace, cfg: TrainConfig) -> TrainConfig:
-    """``--resume``: the saved run's settings, with only RESUME_OVERRIDES taken from the command
-    line; any other setting given with a different value is a ConfigError naming its flag."""
-    saved_cfg = TrainConfig.from_dict({k: v for k, v in saved.items() if k != RUN_INFO_KEY})
-    given = explicit_settings(args)
-    for name, value in given.items():
-        if name in RESUME_OVERRIDES:
-            continue
-        if getattr(saved_cfg, name) != getattr(cfg, name):
-            option = FLAGS[name][0] if name in FLAGS else flag(name)
-            raise ConfigError(
-                f"{option} {value!r} differs from the resumed run's {getattr(saved_cfg, name)!r}: --resume keeps "
-                "the saved settings (only --steps, --out, --device and the logging, evaluation and checkpoint "
-                "intervals may change); start a new --out to change it")
-    kept = {k: getattr(cfg, k) for k in RESUME_OVERRIDES if k in given or k in ("resume", "out", "framework")}
-    out = saved_cfg.replace(**kept)
-    out.extra = {**saved_cfg.extra, **cfg.extra}
-    return out.validate()

@@ -29,15 +29,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from train import contract
+from train import contract, resume
 from train.config import (
-    RUN_INFO_KEY,
     ConfigError,
     TrainConfig,
     build_parser,
     lr_at,
     parse_config,
-    resumed_config,
 )
 from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
 from train.evaluation.inception import (
@@ -52,7 +50,7 @@ from train.seeds import numpy_stream
 
 log = logging.getLogger("valr.train")
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = resume.CHECKPOINT_DIR
 TRAINER_PREFIX = "trainer/"
 DATA_PREFIX = "data/"
 
@@ -223,11 +221,6 @@ def _check_images(images: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
     return arr
 
 
-_VOLATILE_CONFIG = {"resume", "steps", "out", "progress", "tensorboard", "device", "data_path", "download",
-                    "inception_weights", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints",
-                    "eval_every", "eval_samples", "final_eval_samples", "preset"}
-
-
 class _TqdmLogHandler(logging.Handler):
     """Routes log lines through tqdm.write so they do not break the progress bar."""
 
@@ -273,6 +266,7 @@ class TrainingLoop:
         self.last_ckpt: Path | None = None
         self.last_ckpt_step: int | None = None
         self.skipped = 0  # divergent iterations rolled back (--skip-nonfinite)
+        self.run_id = ""  # set by run(): the id config.json and every checkpoint record
         self._evaluator: Evaluator | None = None
         self._eval_disabled = False
         self._postfix: dict[str, float] = {}
@@ -331,28 +325,6 @@ class TrainingLoop:
 
     # -- resume ------------------------------------------------------------------------------
 
-    def _find_resume_checkpoint(self) -> ckpt.Checkpoint | None:
-        cfg = self.cfg
-        if cfg.resume is None:
-            if ckpt.list_checkpoints(self.ckpt_dir) or (self.ckpt_dir / ckpt.LATEST_NAME).exists():
-                raise FileExistsError(
-                    f"{self.ckpt_dir} already holds checkpoints; pass --resume to continue that run "
-                    "or choose another --out"
-                )
-            return None
-        if cfg.resume == "auto":
-            found = ckpt.load_latest(self.ckpt_dir)
-            if found is None:
-                log.info("--resume: no checkpoint in %s, starting a fresh run", self.ckpt_dir)
-            return found
-        path = Path(cfg.resume).expanduser()
-        if path.is_dir():
-            found = ckpt.load_latest(path)
-            if found is None:
-                raise FileNotFoundError(f"--resume {path}: no checkpoint in that directory")
-            return found
-        return ckpt.load_checkpoint(path)
-
     def _restore(self, found: ckpt.Checkpoint) -> None:
         try:
             self._restore_unchecked(found)
@@ -365,11 +337,9 @@ class TrainingLoop:
         meta = found.metadata
         ckpt.validate_metadata(meta, framework=self.trainer.framework, architecture=self.cfg.architecture())
         saved_cfg = meta.get("config", {})
-        changed = sorted(k for k, v in self.cfg.to_dict().items()
-                         if k not in _VOLATILE_CONFIG and k in saved_cfg and saved_cfg[k] != v)
+        changed = resume.changed_settings(saved_cfg, self.cfg)
         if changed:
-            log.warning("resuming with settings that differ from the checkpoint's: %s",
-                        ", ".join(f"{k}: {saved_cfg[k]!r} -> {getattr(self.cfg, k)!r}" for k in changed))
+            log.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
         arrays = found.arrays
         self.trainer.load_state_arrays(
             {k[len(TRAINER_PREFIX):]: v for k, v in arrays.items() if k.startswith(TRAINER_PREFIX)})
@@ -380,6 +350,9 @@ class TrainingLoop:
         self.accum = _Accumulator(meta.get("loop", {}).get("accum"))
         self.train_seconds = float(meta.get("loop", {}).get("train_seconds", 0.0))
         self.last_ckpt, self.last_ckpt_step = found.path, self.step
+        lr_change = resume.learning_rate_change(saved_cfg, self.cfg, self.step)
+        if lr_change:
+            log.warning("%s", lr_change)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -406,6 +379,7 @@ class TrainingLoop:
             "config": self.cfg.to_dict(),
             "data_iterator": data_meta,
             "loop": {"accum": self.accum.state(), "train_seconds": self.train_seconds},
+            resume.RUN_ID_KEY: self.run_id,
             "saved_at": time.time(),
         }
         path = self.manager.save(self.step, arrays, meta)
@@ -489,8 +463,9 @@ class TrainingLoop:
 
     def run(self) -> RunResult:
         cfg = self.cfg
+        found = resume.find_checkpoint(cfg, self.ckpt_dir)
+        self.run_id = resume.check_out_dir(cfg, found)  # before anything is written into --out
         self._preflight()
-        found = self._find_resume_checkpoint()
         if found is not None:
             self._restore(found)
             if self.step >= cfg.steps:
@@ -499,8 +474,8 @@ class TrainingLoop:
         if self.is_chief:
             self.out.mkdir(parents=True, exist_ok=True)
             with ckpt.atomic_open(self.out / "config.json", "w", encoding="utf-8") as f:
-                json.dump({**cfg.to_dict(), RUN_INFO_KEY: run_info(self.trainer, self.argv)}, f, indent=2,
-                          sort_keys=True)
+                info = {**run_info(self.trainer, self.argv), resume.RUN_ID_KEY: self.run_id}
+                json.dump({**cfg.to_dict(), resume.RUN_INFO_KEY: info}, f, indent=2, sort_keys=True)
         self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, "sample_grid")
         resumed = found is not None
         self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None) \
@@ -651,20 +626,6 @@ def run_info(trainer: Trainer, argv: Sequence[str]) -> dict[str, Any]:
             "host": platform.node()}
 
 
-def _saved_config_for_resume(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The settings of the run ``--resume`` continues: ``--out``'s config.json, else the
-    checkpoint's own record; None when there is nothing to resume (a fresh run)."""
-    if cfg.resume == "auto":
-        path = Path(cfg.out) / "config.json"
-        if path.is_file():
-            return json.loads(path.read_text(encoding="utf-8"))
-        found = ckpt.load_latest(Path(cfg.out) / CHECKPOINT_DIR)
-    else:
-        p = Path(cfg.resume or "").expanduser()
-        found = ckpt.load_latest(p) if p.is_dir() else ckpt.load_checkpoint(p)
-    return None if found is None else found.metadata.get("config")
-
-
 def run_training(
     trainer: Trainer,
     cfg: TrainConfig,
@@ -732,17 +693,19 @@ def main(
     _setup_logging()
     try:
         if cfg.resume is not None:  # the saved run's settings; a changed one is refused by name
-            saved = _saved_config_for_resume(cfg)
+            saved = resume.saved_config_for_resume(cfg)
             if saved is not None:
                 try:
-                    cfg = resumed_config(saved, parser.parse_args(args), cfg)
+                    cfg = resume.resumed_config(saved, parser.parse_args(args), cfg)
                 except ConfigError as e:
                     parser.error(f"--resume: {e}")
         if "--print-config" in args:
             print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
             return 0
+        # Before building models: fail in seconds, not minutes.
+        resume.check_out_dir(cfg, resume.find_checkpoint(cfg, Path(cfg.out) / CHECKPOINT_DIR))
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
-        check_batch_fits(cfg, data)  # before building models: fail in seconds, not minutes
+        check_batch_fits(cfg, data)
         trainer = make_trainer(cfg)
         result = run_training(trainer, cfg, data=data, argv=[f"python -m train.{framework}_wgan", *args])
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
