@@ -131,7 +131,7 @@ def test_flags_the_penalty_reads_are_accepted(argv: list[str]) -> None:
 @pytest.mark.parametrize(("key", "value", "expected"), [
     ("n_critic", True, "an integer"), ("steps", 2.5, "an integer"), ("lr_g", "0.001", "a number"),
     ("lr_d", None, "a number"), ("extra", "oops", "a JSON object"), ("flip", 1, "true or false"),
-    ("clip", [True, 1.0], "a list of numbers"), ("mode", 3, "a string"), ("data_path", 7, "a string"),
+    ("clip", [True, 1.0], "a list of two numbers"), ("mode", 3, "a string"), ("data_path", 7, "a string"),
 ])
 def test_config_file_values_are_type_checked_by_key(tmp_path: Path, key: str, value: object, expected: str,
                                                     capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,8 +1,9 @@
-"""Training configuration shared by the torch, TF and JAX WGAN trainers.
+"""Training configuration shared by the torch, TF and JAX WGAN trainers, generated from the one
+settings table (``train.settings.SETTINGS``): ``TrainConfig`` and its validation, the command line
+with each preset's values in ``--help``, ``--config`` type checks and the presets.
 
-``TrainConfig`` holds every knob; presets give the paper setup (paper section 4, README "Training"
-setup") and a smoke setup that finishes in minutes on 2 CPU cores. ``build_parser`` is the one
-command line all three trainers expose; flags left unset keep the preset's value.
+A ``TrainConfig`` is valid once constructed: every setting is checked against its declared type
+and rule where the table is read (``__post_init__``), the penalty settings by the core.
 """
 
 from __future__ import annotations
@@ -10,155 +11,111 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import re
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, get_args
+from pathlib import Path
+from typing import Any
 
-from models.spec import ARCHS
-from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS, VALP_FIELDS
-from train.seeds import MAX_SEED, stream_seed
+from train.penalties import DATA_RANGE, PAPER_MODES, PENALTY_FIELDS, VALP_FIELDS
+from train.seeds import stream_seed
+from train.settings import BY_NAME, PRESET_NAMES, PRESETS, SETTINGS, Setting
 from valr_core import ValpConfig
-from valr_core.config import Mode, Reduction, Start
 
 _CORE = ValpConfig()  # the core's defaults (the paper mode of each penalty: PAPER_MODES)
-LR_DECAYS = ("linear", "constant")
-DATASETS = ("cifar10", "digits", "folder")
-PRECISIONS = ("fp32", "bf16")
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|tpu(:\d+)?)$")
+RUN_INFO_KEY = "run"  # config.json's record of the launch (train.resume owns every resume rule)
+GROUPS = ("run", "data", "optimisation", "model", "penalty", "logging and evaluation")
+# Penalty flags: core field -> (flag, type, choices or "bool", help), for tools that list them.
+FLAGS: dict[str, tuple[str, Any, str]] = {
+    s.name: (s.option, "bool" if s.name == "clip" else s.choices or s.kind, s.help)
+    for s in SETTINGS if s.name in PENALTY_FIELDS}
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message names the command-line flag."""
-
-
-# JSON types each declared field type accepts (Literal aliases such as Mode are strings; an int
-# is a valid float; bool is never a number). Declared types are read from the annotations.
-_JSON_KINDS: dict[str, tuple[type, ...]] = {
-    "int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
-    "tuple": (list, tuple), "None": (type(None),),
-}
-
-
-def _alternatives(declared: Any) -> list[str]:
-    text = declared.__name__ if isinstance(declared, type) else str(declared)
-    return [alt.strip().split("[", 1)[0] for alt in text.split("|")]
-
-
-def _has_declared_type(value: Any, declared: Any) -> bool:
-    for alt in _alternatives(declared):
-        kinds = _JSON_KINDS.get(alt, (str,))  # Literal aliases (Mode, Reduction, Start): strings
-        if isinstance(value, bool) and bool not in kinds:
-            continue
-        if isinstance(value, kinds):
-            if alt == "tuple":
-                return all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
-            return True
-    return False
-
-
-def _declared(declared: Any) -> str:
-    words = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-             "dict": "a JSON object", "tuple": "a list of numbers", "None": "null"}
-    return " or ".join(words.get(alt, "a string") for alt in _alternatives(declared))
-
-
-def json_repr(value: Any) -> str:
-    import json
-
-    return f"{json.dumps(value)} ({type(value).__name__})"
+    """An invalid setting; the message names the command-line flag (or the --config key)."""
 
 
 def flag(name: str) -> str:
-    """The command-line flag of a TrainConfig field."""
-    return "--" + name.replace("_", "-")
+    """The command-line flag of a setting."""
+    return BY_NAME[name].option if name in BY_NAME else "--" + name.replace("_", "-")
 
 
-# Logging and evaluation counts (intervals in generator iterations): name -> (default, help).
-# The TrainConfig fields and the command-line flags are both generated from this table.
-COUNTS: dict[str, tuple[int, str]] = {
-    "log_every": (100, "generator iterations between log rows (0: off)"),
-    "sample_every": (1000, "generator iterations between sample grids (0: off)"),
-    "checkpoint_every": (1000, "generator iterations between checkpoints (0: only at the end)"),
-    "keep_checkpoints": (3, "checkpoints kept on disk"),
-    "eval_every": (1000, "generator iterations between IS/FID/KID evaluations (0: off)"),
-    "eval_samples": (10_000, "samples per evaluation"),
-    "final_eval_samples": (50_000, "samples of the final evaluation"),
-    "n_sample_grid": (64, "images in each sample grid"),
-}
-
-_PenaltySettings = dataclasses.make_dataclass(
-    "_PenaltySettings",
-    [(f.name, f.type, field(default=f.default)) for f in dataclasses.fields(ValpConfig) if f.name in PENALTY_FIELDS])
-_CountSettings = dataclasses.make_dataclass(
-    "_CountSettings", [(name, int, field(default=default)) for name, (default, _) in COUNTS.items()])
+def lr_at(base_lr: float, step: int, total_steps: int, decay: str = "linear") -> float:
+    """Learning rate for the update made at 0-based iteration ``step`` (linear: to 0 at the end)."""
+    if decay == "constant":
+        return base_lr
+    return base_lr * max(0.0, 1.0 - step / total_steps)
 
 
-@dataclass
-class TrainConfig(_CountSettings, _PenaltySettings):
-    """Every setting of a training run. Penalty settings carry valr_core's names (one name from
-    flag to math); counts come from ``COUNTS``."""
+# ----------------------------------------------------------------------------- types
 
-    preset: str = "paper"
-    framework: str = ""
+_KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               dict: "a JSON object", tuple: "a list of two numbers"}
 
-    # data
-    data: str = "cifar10"
-    data_path: str | None = None
-    download: bool = True
-    flip: bool = True
-    dequantize: bool = True
 
-    # schedule / optimiser (steps = generator iterations, each after n_critic critic steps)
-    steps: int = 200_000
-    n_critic: int = 5
-    batch_size: int = 64
-    gen_batch_size: int = 128
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-    lr_decay: str = "linear"
-    ema_decay: float = 0.9999
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
 
-    # model
-    z_dim: int = 128
-    gen_channels: int = 256
-    critic_channels: int = 128
-    image_size: int = 32
-    # fp32, or bf16: the critic's and generator's forward passes in bfloat16 (torch autocast,
-    # a Keras mixed_bfloat16 policy, bfloat16 JAX activations); weights, optimiser state, the
-    # losses and the penalty's multiplier stay float32 (valr_core's precision policy).
-    precision: str = "fp32"
-    arch: str = "resnet"  # models.spec.ARCHS: the paper's ResNet, or the small DCGAN (digits preset)
 
-    # Lipschitz penalty: the fields come from valr_core's config (_PenaltySettings), by its names
-    # and with its defaults; the ``paper`` preset sets the paper's choices explicitly.
-    penalty: str = "valp"
-    mode: str | None = None  # None: the penalty's paper mode (train.penalties.PAPER_MODES)
-    # Weight clipping (the original WGAN): every critic parameter clamped to [-C, C] after each
-    # critic step (train.loop; each trainer's clip_critic_weights); 0: off.
-    clip_weights: float = 0.0
+def has_kind(value: Any, setting: Setting) -> bool:
+    """``value`` has the setting's declared type: bool is not an int, a number is not a string."""
+    if value is None:
+        return setting.optional
+    kind = setting.kind
+    if kind is float:
+        return _number(value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, list | tuple) and len(value) == 2 and all(_number(v) for v in value)
+    return isinstance(value, kind)
 
-    # reproducibility / io
-    seed: int = 0
-    data_seed: int | None = None  # None: derived from seed
-    out: str = "runs/valr"
-    out_exists_ok: bool = False  # write into a non-empty --out that is not a valr run (train.resume)
-    resume: str | None = None  # None: fresh run; "auto": latest in out dir if any; else a path
-    device: str = "auto"
 
-    # NaN/Inf loss: 0 stops the run; N > 0 rolls back to the last checkpoint up to N times,
-    # skipping the batches drawn since (the data stream is not rewound).
-    skip_nonfinite: int = 0
-    inception_weights: str | None = None
-    n_sample_grid: int = 64
-    tensorboard: bool = True
-    progress: bool = True
+def _expected(setting: Setting) -> str:
+    return _KIND_WORDS[setting.kind] + (" or null" if setting.optional else "")
 
-    extra: dict[str, Any] = field(default_factory=dict)  # trainer-specific settings
 
-    # -- derived -----------------------------------------------------------------------------
+def _type_text(value: Any) -> str:
+    return f"{json.dumps(value)} ({type(value).__name__})"
+
+
+# ----------------------------------------------------------------------------- TrainConfig
+
+
+class _TrainConfigMethods:
+    """What every TrainConfig does; its fields are generated from the settings table."""
+
+    def __post_init__(self) -> None:
+        if self.extra is None:
+            self.extra = {}
+        if isinstance(self.clip, list):  # JSON has no tuples
+            self.clip = tuple(self.clip)
+        for s in SETTINGS:
+            value = getattr(self, s.name)
+            if not has_kind(value, s):
+                raise ConfigError(f"{s.option} must be {_expected(s)}, got {value!r}")
+            if value is None:
+                continue
+            if s.choices is not None and value not in s.choices:
+                raise ConfigError(f"{s.option} must be one of {s.choices}, got {value!r}")
+            if s.check is not None and not s.check(value):
+                raise ConfigError(f"{s.option} {s.rule}, got {value!r}")
+        if self.data == "folder" and not self.data_path:
+            raise ConfigError("--data folder needs --data-path pointing to a folder of images")
+        if self.eval_every > 0 and self.eval_samples < 10:
+            raise ConfigError(f"--eval-samples must be >= 10 when --eval-every is set, got {self.eval_samples!r}")
+        self._validate_penalty()
+
+    def _validate_penalty(self) -> None:
+        """The core's validation (one rule set), its message prefixed with the flag's name."""
+        try:
+            ValpConfig(**self.penalty_settings())
+        except (TypeError, ValueError) as e:
+            field_name = str(e).split(" ", 1)[0].split("[", 1)[0]
+            raise ConfigError(f"{flag(field_name) if field_name in BY_NAME else '--' + self.penalty}: {e}") from None
+
+    def validate(self) -> TrainConfig:
+        """Validation happens at construction; this re-checks a config changed in place."""
+        return dataclasses.replace(self)  # type: ignore[type-var]
 
     @property
     def effective_data_seed(self) -> int:
@@ -175,91 +132,52 @@ class TrainConfig(_CountSettings, _PenaltySettings):
             "image_size": self.image_size,
             "image_channels": 3,
             **({"arch": self.arch} if self.arch != "resnet" else {}),  # resnet checkpoints predate it
+            **({"critic_norm": self.critic_norm} if self.critic_norm != "none" else {}),
             **dict(self.extra.get("architecture", {})),
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Settings from JSON, each checked against its declared type (bool is not an int,
-        a number is not a string); ConfigError names the key."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(fields))
+        """Settings from JSON, each checked against its declared type first; ConfigError names the key."""
+        unknown = sorted(set(d) - set(BY_NAME))
         if unknown:
             raise ConfigError(f"unknown config field(s) {unknown}")
         for key, value in d.items():
-            if not _has_declared_type(value, fields[key].type):
-                raise ConfigError(f"{key!r} must be {_declared(fields[key].type)}, got {json_repr(value)}")
-        values = dict(d)
-        if isinstance(values.get("clip"), list):  # JSON has no tuples
-            values["clip"] = tuple(values["clip"])
-        return cls(**values)
+            if not has_kind(value, BY_NAME[key]):
+                raise ConfigError(f"{key!r} must be {_expected(BY_NAME[key])}, got {_type_text(value)}")
+        return cls(**d)  # type: ignore[return-value]
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    # -- validation --------------------------------------------------------------------------
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     def penalty_settings(self) -> dict[str, Any]:
-        """The penalty fields, by the core's names (what ``train.penalties.make_penalty`` takes)."""
-        settings = {name: getattr(self, name) for name in PENALTY_FIELDS}
+        """The penalty fields, by the core's names (what ``train.penalties.make_penalty`` takes);
+        an unset mode is the penalty's paper mode."""
+        settings = {name: getattr(self, name) for name in PENALTY_FIELDS if name in BY_NAME}
         if settings["mode"] is None:
             settings["mode"] = PAPER_MODES.get(self.penalty, _CORE.mode)
         return settings
 
-    def _validate_penalty(self) -> None:
-        """The core's validation (one rule set), its message prefixed with the flag's name."""
-        try:
-            ValpConfig(**self.penalty_settings())
-        except (TypeError, ValueError) as e:
-            field_name = str(e).split(" ", 1)[0].split("[", 1)[0]
-            where = FLAGS[field_name][0] if field_name in FLAGS else "--" + self.penalty
-            raise ConfigError(f"{where}: {e}") from None
 
-    def validate(self) -> TrainConfig:
-        """Raise ConfigError naming the flag of the first invalid setting; returns self."""
+def _field(s: Setting) -> tuple[str, Any, Any]:
+    if s.kind is dict:
+        return s.name, Any, dataclasses.field(default_factory=dict)
+    return s.name, Any, dataclasses.field(default=s.default)
 
-        def need(ok: bool, name: str, rule: str) -> None:
-            if not ok:
-                raise ConfigError(f"{flag(name)} {rule}, got {getattr(self, name)!r}")
 
-        need(self.preset in PRESETS, "preset", f"must be one of {tuple(PRESETS)}")
-        need(self.data in DATASETS, "data", f"must be one of {DATASETS}")
-        if self.data == "folder" and not self.data_path:
-            raise ConfigError("--data folder needs --data-path pointing to a folder of images")
-        for name in ("steps", "n_critic", "batch_size", "gen_batch_size", "z_dim", "gen_channels",
-                     "critic_channels", "keep_checkpoints", "n_sample_grid"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
-        need(self.image_size == 32, "image_size", "must be 32 (the reference architecture)")
-        need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
-        need(self.arch in ARCHS, "arch", f"must be one of {ARCHS}")
-        need(self.clip_weights >= 0, "clip_weights", "must be >= 0 (0: off)")
-        for name in ("log_every", "sample_every", "checkpoint_every", "eval_every", "eval_samples",
-                     "final_eval_samples", "skip_nonfinite"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, name,
-                 "must be an integer >= 0 (0 disables)")
-        for name in ("eval_samples", "final_eval_samples"):
-            need(getattr(self, name) == 0 or getattr(self, name) >= 10, name, "must be 0 or >= 10 (IS uses 10 splits)")
-        if self.eval_every > 0:
-            need(self.eval_samples >= 10, "eval_samples", "must be >= 10 when --eval-every is set")
-        need(self.lr_g > 0, "lr_g", "must be > 0")
-        need(self.lr_d > 0, "lr_d", "must be > 0")
-        need(0.0 <= self.beta1 < 1.0, "beta1", "must be in [0, 1)")
-        need(0.0 <= self.beta2 < 1.0, "beta2", "must be in [0, 1)")
-        need(self.lr_decay in LR_DECAYS, "lr_decay", f"must be one of {LR_DECAYS}")
-        need(0.0 <= self.ema_decay < 1.0, "ema_decay", "must be in [0, 1)")
-        need(self.penalty in PENALTIES, "penalty", f"must be one of {PENALTIES}")
-        self._validate_penalty()
-        for name in ("seed", "data_seed"):
-            value = getattr(self, name)
-            need(value is None or (isinstance(value, int) and 0 <= value <= MAX_SEED), name,
-                 f"must be an integer in [0, {MAX_SEED}]")
-        need(bool(_DEVICE_RE.match(self.device)), "device", "must be auto, cpu, cuda[:N], gpu[:N] or tpu[:N]")
-        need(bool(self.out), "out", "must be a directory path")
-        need(self.resume is None or bool(self.resume), "resume", "must be 'auto' or a checkpoint path")
-        return self
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", [_field(s) for s in SETTINGS], bases=(_TrainConfigMethods,),
+    namespace={"__doc__": "Every setting of a training run (train.settings.SETTINGS); valid once constructed."})
+TrainConfig.__module__ = __name__
+
+
+def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset must be one of {PRESET_NAMES}, got {name!r}")
+    return TrainConfig(preset=name, **{**PRESETS[name], **overrides})
 
 
 def ignored_settings(cfg: TrainConfig) -> dict[str, str]:
@@ -279,180 +197,55 @@ def ignored_settings(cfg: TrainConfig) -> dict[str, str]:
     return ignored
 
 
-# ----------------------------------------------------------------------------- presets
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # Paper section 4: CIFAR-10 ResNet WGAN, 200k iterations, VALP with the augmented Lagrangian on both
-    # batches (fraction 1: the paper's headline setting; --valp-fraction 0.5 is the half batch).
-    "paper": {"clip": DATA_RANGE, "fraction": 1.0},
-    # Minutes on 2 CPU cores: digits (ships with scikit-learn), tiny widths, 40 x 5 critic steps.
-    "smoke": {
-        "clip": DATA_RANGE,
-        "data": "digits",
-        "steps": 40,
-        "batch_size": 32,
-        "gen_batch_size": 32,
-        "gen_channels": 32,
-        "critic_channels": 32,
-        "z_dim": 64,
-        "ema_decay": 0.99,
-        "out": "runs/smoke",
-        "log_every": 5,
-        "sample_every": 20,
-        "checkpoint_every": 20,
-        "eval_every": 0,
-        "eval_samples": 0,
-        "final_eval_samples": 0,
-    },
-    # The main job on 2 CPU cores (about 5 minutes with torch): the bundled digits, the small
-    # DCGAN (models/*_dcgan.py), VALP with the augmented Lagrangian on both batches. Quality
-    # (FD-digits, KID, classes covered: train.evaluation.digits) at the end.
-    "digits": {
-        "clip": DATA_RANGE,
-        "fraction": 1.0,
-        "data": "digits",
-        "arch": "dcgan",
-        "flip": False,  # digits are not mirror-symmetric
-        "steps": 800,
-        "n_critic": 2,
-        "batch_size": 64,
-        "gen_batch_size": 64,
-        "gen_channels": 32,
-        "critic_channels": 32,
-        "z_dim": 64,
-        "lr_g": 5e-4,
-        "lr_d": 5e-4,
-        "beta1": 0.5,
-        "ema_decay": 0.99,
-        "out": "runs/digits",
-        "log_every": 25,
-        "sample_every": 200,
-        "checkpoint_every": 200,
-        "eval_every": 200,
-        "eval_samples": 1000,
-        "final_eval_samples": 2000,
-    },
-}
-
-
-def preset_config(name: str, **overrides: Any) -> TrainConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"--preset must be one of {tuple(PRESETS)}, got {name!r}")
-    return TrainConfig(preset=name, **{**PRESETS[name], **overrides})
-
-
-def lr_at(base_lr: float, step: int, total_steps: int, decay: str = "linear") -> float:
-    """Learning rate for the update made at 0-based iteration ``step`` (linear: to 0 at the end)."""
-    if decay == "constant":
-        return base_lr
-    return base_lr * max(0.0, 1.0 - step / total_steps)
-
-
 # ----------------------------------------------------------------------------- argparse
 
 
-def _bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
-    parser.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+class _ClipAction(argparse.Action):
+    """--valp-clip / --no-valp-clip: the core's clip range is the data range, or None."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        # False, not None: None means "flag not given" to config_from_args.
+        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
+
+
+def _add_flag(group: Any, s: Setting) -> None:
+    if s.name == "clip":
+        group.add_argument(s.option, dest=s.name, action=_ClipAction, nargs=0, default=None,
+                           help=f"{s.help}; --no-{s.option[2:]} turns it off")
+        group.add_argument("--no-" + s.option[2:], dest=s.name, action=_ClipAction, nargs=0, help=argparse.SUPPRESS)
+    elif s.name == "resume":
+        group.add_argument(s.option, dest=s.name, nargs="?", const="auto", default=None, help=s.help)
+    elif s.kind is bool:
+        group.add_argument(s.option, dest=s.name, action=argparse.BooleanOptionalAction, default=None, help=s.help)
+    elif s.choices is not None:
+        group.add_argument(s.option, dest=s.name, choices=s.choices, default=None, help=s.help)
+    else:
+        group.add_argument(s.option, dest=s.name, type=s.kind, default=None, help=s.help, metavar=s.metavar)
 
 
 def build_parser(framework: str = "", description: str | None = None) -> argparse.ArgumentParser:
-    """The command line shared by all trainers. Unset flags (None) keep the preset's value."""
+    """The command line shared by all trainers, one flag per setting of the table. Unset flags
+    (None) keep the preset's value."""
     p = argparse.ArgumentParser(
         formatter_class=_PresetDefaultsFormatter,
         prog=f"python -m train.{framework}_wgan" if framework else None,
         description=description or f"WGAN with VALP / GP / LP on CIFAR-10 ({framework or 'any framework'})",
     )
-    g = p.add_argument_group("run")
-    g.add_argument("--preset", choices=tuple(PRESETS), default="paper", help="base settings (default: paper)")
-    g.add_argument("--out", default=None, help="output directory (logs, samples, checkpoints)")
-    g.add_argument("--out-exists-ok", dest="out_exists_ok", action="store_true", default=None,
-                   help="write into a non-empty --out that holds no valr run (its files are never overwritten)")
-    g.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from the latest checkpoint in --out (or from the given checkpoint file/dir)")
-    g.add_argument("--device", default=None, help="auto, cpu, cuda[:N], gpu[:N], tpu[:N]")
-    g.add_argument("--seed", type=int, default=None, help="the run's seed; every random stream derives from it (train.seeds)")
-    g.add_argument("--data-seed", type=int, default=None, help="seed of the data order/augmentation stream")
-    g.add_argument("--steps", type=int, default=None, help="generator iterations")
-    g.add_argument("--config", dest="config_file", default=None, metavar="RUN_DIR/config.json",
-                   help="rerun a saved run: its config.json is the base (instead of --preset); flags given override it")
-    g.add_argument("--debug", action="store_true", default=None,
-                   help="on an error, print the full traceback (default: one line)")
-    g.add_argument("--print-config", dest="print_config", action="store_true", default=None,
-                   help="print the resolved settings (preset, --config, --resume and flags applied) as JSON and exit")
-    _bool_flag(g, "progress", "tqdm progress bar")
-    _bool_flag(g, "tensorboard", "write TensorBoard event files")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--data", choices=DATASETS, default=None, help="dataset")
-    g.add_argument("--data-path", default=None, help="CIFAR-10 archive/folder (or env VALR_CIFAR10) or image folder")
-    _bool_flag(g, "download", "download CIFAR-10 when missing and reachable")
-    _bool_flag(g, "flip", "random horizontal flips")
-    _bool_flag(g, "dequantize", "uniform dequantisation noise")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--n-critic", type=int, default=None, help="critic steps per generator step")
-    g.add_argument("--batch-size", type=int, default=None, help="real (and fake) samples per critic step")
-    g.add_argument("--gen-batch-size", type=int, default=None, help="latents per generator step")
-    g.add_argument("--lr", type=float, default=None, help="sets both --lr-g and --lr-d")
-    g.add_argument("--lr-g", type=float, default=None, help="generator Adam learning rate")
-    g.add_argument("--lr-d", type=float, default=None, help="critic Adam learning rate")
-    g.add_argument("--beta1", type=float, default=None, help="Adam beta1")
-    g.add_argument("--beta2", type=float, default=None, help="Adam beta2")
-    g.add_argument("--lr-decay", choices=LR_DECAYS, default=None, help="learning-rate schedule")
-    g.add_argument("--ema-decay", type=float, default=None, help="decay of the generator weights' EMA used for samples")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--z-dim", type=int, default=None, help="latent size")
-    g.add_argument("--gen-channels", type=int, default=None, help="generator width")
-    g.add_argument("--critic-channels", type=int, default=None, help="critic width")
-    g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="bf16: critic and generator forward passes in bfloat16 (torch autocast, Keras "
-                        "mixed_bfloat16, bf16 JAX activations); weights, optimiser, losses and mu stay float32")
-    g.add_argument("--arch", choices=ARCHS, default=None,
-                   help="model pair: the paper's ResNet or the small DCGAN of the digits preset")
-
-    g = p.add_argument_group("penalty (valr_core's settings; defaults: the paper preset's)")
-    g.add_argument("--penalty", choices=PENALTIES, default=None, help="which Lipschitz penalty")
-    g.add_argument("--clip-weights", dest="clip_weights", type=float, default=None, metavar="C",
-                   help="weight clipping (original WGAN; with --penalty none): clamp every critic parameter "
-                        "to [-C, C] after each critic step (SPEC: C = 0.01); 0: off")
-    for name, (option, kind, text) in FLAGS.items():
-        if kind == "bool":
-            g.add_argument(option, dest=name, action=_ClipAction, nargs=0, default=None,
-                           help=f"{text}; --no-{option[2:]} turns it off")
-            g.add_argument("--no-" + option[2:], dest=name, action=_ClipAction, nargs=0, help=argparse.SUPPRESS)
-        elif isinstance(kind, tuple):
-            g.add_argument(option, dest=name, choices=kind, default=None, help=text)
-        else:
-            g.add_argument(option, dest=name, type=kind, default=None, metavar=name.upper(), help=text)
-
-    g = p.add_argument_group("logging and evaluation")
-    for name, (_, text) in COUNTS.items():
-        g.add_argument(flag(name), dest=name, type=int, default=None, help=text)
-    g.add_argument("--inception-weights", default=None, help="InceptionV3 weights (or env VALR_INCEPTION_WEIGHTS)")
-    g.add_argument("--skip-nonfinite", dest="skip_nonfinite", type=int, default=None,
-                   help="on a NaN/Inf loss, roll back to the last checkpoint and skip the batches since, at most N times "
-                        "(default 0: stop)")
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    run = groups["run"]
+    run.add_argument("--preset", choices=PRESET_NAMES, default="paper", help="base settings (default: paper)")
+    run.add_argument("--config", dest="config_file", default=None, metavar="RUN_DIR/config.json",
+                     help="rerun a saved run: its config.json is the base (instead of --preset); flags given override it")
+    run.add_argument("--debug", action="store_true", default=None,
+                     help="on an error, print the full traceback (default: one line)")
+    run.add_argument("--print-config", dest="print_config", action="store_true", default=None,
+                     help="print the resolved settings (preset, --config, --resume and flags applied) as JSON and exit")
+    groups["optimisation"].add_argument("--lr", type=float, default=None, help="sets both --lr-g and --lr-d")
+    for s in SETTINGS:
+        if s.flag is not None:
+            _add_flag(groups[s.group], s)
     return p
-
-
-# Penalty flags: core field -> (flag, type or choices, help). The flag is the core's name, with
-# "valp-" in front of the settings only VALP has.
-FLAGS: dict[str, tuple[str, Any, str]] = {
-    "lam": ("--lam", float, "penalty weight lambda of gp / lp and of the squared / linear modes"),
-    "reduction": ("--reduction", get_args(Reduction), "reduction R of the per-sample violations over the batch"),
-    "mode": ("--mode", get_args(Mode), "al: mu*R(L) + rho/2*R(L^2) with mu's update; squared: lam*R(L^2); "
-             "linear: lam*R(L) (default: each penalty's paper mode, " + ", ".join(f"{k} {v}" for k, v in PAPER_MODES.items()) + ")"),
-    "rho": ("--rho", float, "augmented-Lagrangian coefficient rho"),
-    "K": ("--valp-k", float, "VALP: Lipschitz constant K to enforce"),
-    "xi": ("--valp-xi", float, "VALP: power-iteration step xi"),
-    "eps_min": ("--valp-eps-min", float, "VALP: smallest perturbation radius"),
-    "eps_max": ("--valp-eps-max", float, "VALP: largest perturbation radius"),
-    "n_power": ("--valp-n-power", int, "VALP: power iterations"),
-    "start": ("--valp-start", get_args(Start), "VALP: distribution of the initial direction"),
-    "fraction": ("--valp-fraction", float, "VALP: fraction of the batch regularised (0.5 = the half-batch variant)"),
-    "clip": ("--valp-clip", "bool", f"VALP: clip x + r_adv to the data range {list(DATA_RANGE)}"),
-}
 
 
 class _PresetDefaultsFormatter(argparse.HelpFormatter):
@@ -465,9 +258,8 @@ class _PresetDefaultsFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        if action.dest in names and "default:" not in text and text != argparse.SUPPRESS:
-            value = PRESETS[self._preset].get(action.dest, getattr(TrainConfig, action.dest))
+        if action.dest in BY_NAME and text != argparse.SUPPRESS:
+            value = PRESETS[self._preset].get(action.dest, BY_NAME[action.dest].default)
             text = f"{text} ({self._preset}: {value})".strip()
         return text
 
@@ -481,17 +273,8 @@ def _show_preset_in_help(parser: argparse.ArgumentParser, argv: Sequence[str] | 
         parser.formatter_class = functools.partial(_PresetDefaultsFormatter, preset=preset)  # type: ignore[assignment]
 
 
-class _ClipAction(argparse.Action):
-    """--valp-clip / --no-valp-clip: the core's clip range is the data range, or None."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        # False, not None: None means "flag not given" to config_from_args.
-        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
-
-
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
-    """Preset + explicitly given flags -> validated TrainConfig (ConfigError names the flag)."""
+    """Preset (or ``--config``) + explicitly given flags -> a TrainConfig (ConfigError names the flag)."""
     overrides = {k: v for k, v in vars(args).items()
                  if v is not None and k not in ("preset", "lr", "debug", "config_file", "print_config")}
     if getattr(args, "lr", None) is not None:
@@ -499,9 +282,10 @@ def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConf
         overrides.setdefault("lr_d", args.lr)
     if "clip" in overrides:
         overrides["clip"] = DATA_RANGE if overrides["clip"] else None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
     # Flags a trainer adds to the shared parser land in cfg.extra.
-    extra = {k: overrides.pop(k) for k in list(overrides) if k not in known}
+    extra = {k: overrides.pop(k) for k in list(overrides) if k not in BY_NAME}
+    if framework:
+        overrides["framework"] = framework
     config_file = getattr(args, "config_file", None)
     if config_file:
         saved = saved_settings(config_file)
@@ -509,14 +293,10 @@ def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConf
     else:
         cfg = preset_config(args.preset, **overrides)
     cfg.extra.update(extra)
-    if framework:
-        cfg.framework = framework
-    cfg.validate()
     for name in overrides:
         reason = ignored_settings(cfg).get(name)
         if reason:
-            option = FLAGS[name][0] if name in FLAGS else flag(name)
-            raise ConfigError(f"{option} has no effect here: {reason}")
+            raise ConfigError(f"{flag(name)} has no effect here: {reason}")
     return cfg
 
 
@@ -533,17 +313,9 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
         raise  # unreachable: parser.error exits
 
 
-# ----------------------------------------------------------------------------- saved runs
-
-RUN_INFO_KEY = "run"  # config.json's record of the launch (train.resume owns every resume rule)
-
-
-def saved_settings(path: str | Any) -> dict[str, Any]:
+def saved_settings(path: str | Path) -> dict[str, Any]:
     """The settings of a saved run's config.json (its launch record dropped); ConfigError names
-    ``--config`` when the file is missing or not a config."""
-    import json
-    from pathlib import Path
-
+    ``--config`` and the file when it is missing or not a config."""
     p = Path(path)
     p = p / "config.json" if p.is_dir() else p
     try:

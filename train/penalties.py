@@ -32,7 +32,7 @@ DATA_RANGE = (-1.0, 1.0)  # the trainers' images: what VALP's optional clipping 
 
 # The settings of each penalty are the fields of its core config: one name from flag to math.
 SHARED_FIELDS = ("lam", "reduction", "mode", "rho")  # every penalty's (GP, LP and VALP configs)
-VALP_FIELDS = ("K", "xi", "eps_min", "eps_max", "n_power", "start", "clip", "fraction")
+VALP_FIELDS = ("K", "xi", "eps_min", "eps_max", "n_power", "start", "clip", "fraction", "eps_scale")
 PENALTY_FIELDS = SHARED_FIELDS + VALP_FIELDS
 
 Critic = Callable[[Any], Any]

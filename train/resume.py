@@ -20,6 +20,7 @@ from typing import Any
 
 from train.config import DATA_RANGE, FLAGS, ConfigError, TrainConfig, flag, lr_at
 from train.runs import checkpoint as ckpt
+from train.settings import RESUME_OVERRIDES
 
 log = logging.getLogger("valr.train")
 
@@ -29,15 +30,6 @@ RUN_INFO_KEY = "run"  # config.json's record of the launch (versions, commit, ar
 RUN_ID_KEY = "run_id"
 # What a run writes into its directory: never files it finds there from someone else.
 RUN_FILES = (CONFIG_FILE, "metrics.csv", "metrics.jsonl", "metrics.png", CHECKPOINT_DIR, "samples", "tb")
-# Settings a resumed run may change (everything else must equal the saved run's): where and how
-# long it runs and what it writes, never what it trains.
-RESUME_OVERRIDES = frozenset({
-    "resume", "steps", "out", "progress", "tensorboard", "device", "data_path", "download", "inception_weights",
-    "log_every", "sample_every", "checkpoint_every", "keep_checkpoints", "eval_every", "eval_samples",
-    "final_eval_samples", "skip_nonfinite", "preset", "framework", "out_exists_ok",
-})
-
-
 class RunDirError(FileExistsError):
     """``--out`` holds something this run must not write over."""
 
