@@ -18,7 +18,10 @@ import io
 import json
 import os
 import pickle
+import shutil
 import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -35,8 +38,8 @@ from PIL import Image
 from tests.conftest import SELECTED
 from tests.tally import record, reliability_tally  # noqa: F401 - the session fixture printing the counts
 from tests.test_train_infra import ToyTrainer
+from train import cli, loop
 from train import data as tdata
-from train import loop
 from train.loop import NonFiniteError, run_training
 from train.runs import checkpoint as ckpt
 
@@ -45,6 +48,7 @@ RUNNERS = ["numpy"] if os.environ.get("VALR_BACKENDS", "") in ("", "none") else 
 RUNNERS += list(SELECTED)
 FUZZ_EXAMPLES = int(os.environ.get("VALR_FUZZ_EXAMPLES", "150"))
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -72,9 +76,9 @@ def _cli(runner: str, wrap: Callable | None = None) -> Callable[[Sequence[str]],
     decorates the trainer factory (to inject faults)."""
     wrap = wrap or (lambda make: make)
     if runner == "numpy":
-        return functools.partial(loop.main, "numpy", wrap(ToyTrainer))
+        return functools.partial(cli.main, "numpy", wrap(ToyTrainer))
     mod = importlib.import_module(f"train.{runner}_wgan")
-    return functools.partial(loop.main, runner, wrap(mod.make_trainer), parser=getattr(mod, f"build_{runner}_parser")())
+    return functools.partial(cli.main, runner, wrap(mod.make_trainer), parser=getattr(mod, f"build_{runner}_parser")())
 
 
 def _argv(out: Path | str, *extra: str, steps: int = 2) -> list[str]:
@@ -417,8 +421,239 @@ def test_debug_flag_shows_the_traceback(tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 2 and "Traceback" not in err
     assert not (tmp_path / "file" / "checkpoints").exists()
     # An unexpected error is one line too, with its type and a pointer to --debug.
-    assert loop.describe_error(ZeroDivisionError("division by zero\nmore")) == (
+    assert cli.describe_error(ZeroDivisionError("division by zero\nmore")) == (
         1, "ZeroDivisionError: division by zero more (run with --debug for the traceback)")
+
+
+# ============================================================================ non-finite checkpoints
+
+
+def _poison_checkpoint(path: Path, wanted: str) -> str:
+    """Rewrites checkpoint ``path`` with NaN in the first non-empty float array whose key holds
+    ``wanted``; returns that key."""
+    found = ckpt.load_checkpoint(path)
+    key = next(k for k, v in found.arrays.items() if wanted in k and v.dtype.kind == "f" and v.size)
+    ckpt.save_checkpoint(path, {**found.arrays, key: np.full_like(found.arrays[key], np.nan)}, found.metadata)
+    return key
+
+
+def test_nonfinite_checkpoint_is_refused_at_load(tmp_path: Path) -> None:
+    m = ckpt.CheckpointManager(tmp_path, keep=3)
+    m.save(1, {"trainer/w": np.ones(4, np.float32), "data/perm": np.arange(3)}, {"framework": "numpy"})
+    m.save(2, {"trainer/w": np.array([1, np.inf, np.nan, 2], np.float32), "data/perm": np.arange(3)},
+           {"framework": "numpy"})
+    path = tmp_path / "ckpt-000000002.npz"
+    before = path.read_bytes()
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_checkpoint(path)
+    assert str(path) in str(e.value) and "'trainer/w' contains NaN/Inf (2 of 4 values)" in str(e.value)
+    with pytest.raises(ckpt.CheckpointError) as e:
+        ckpt.load_latest(tmp_path)
+    # The refusal names the file and the older checkpoints; it is never "the last good" one.
+    assert str(path) in str(e.value) and "ckpt-000000001.npz" in str(e.value) and "good" not in str(e.value)
+    record("NaN checkpoints refused", 2)
+    assert np.isnan(ckpt.load_checkpoint(path, allow_nonfinite=True).arrays["trainer/w"]).sum() == 1  # to inspect it
+    assert path.read_bytes() == before
+
+
+def test_resume_from_a_nan_checkpoint_is_refused(runner: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    _first_run(runner, out, capsys)
+    path = out / "checkpoints" / "ckpt-000000001.npz"
+    key = _poison_checkpoint(path, "trainer/")
+    poisoned = _snapshot(out / "checkpoints")
+    code, err = _run(runner, _argv(out, "--resume", steps=3), capsys)
+    record("NaN checkpoints refused")
+    assert code == 2
+    _assert_one_line(err, str(path), repr(key), "NaN/Inf")
+    assert "good" not in err, err
+    assert _snapshot(out / "checkpoints") == poisoned  # left untouched, nothing trained on it
+    _no_temp_files(out)
+
+
+# ============================================================================ run tools: train.sample, train.plot
+
+
+def _sample(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from train.runs import sample
+
+    capsys.readouterr()
+    code = sample.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_refuses_nan_ema_weights(runner: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    _first_run(runner, out, capsys)
+    path = out / "checkpoints" / "ckpt-000000001.npz"
+    key = _poison_checkpoint(path, "ema")
+    before = _snapshot(tmp_path)
+    for checkpoint in (path, out):  # the file, and the run directory (its latest checkpoint)
+        for fmt in ("png", "npz"):
+            code, stdout, err = _sample([str(checkpoint), "--n", "4", "--out", str(tmp_path / "samples"),
+                                         "--format", fmt], capsys)
+            record("NaN checkpoints refused")
+            assert code == 2 and stdout == ""
+            _assert_one_line(err, str(path), repr(key), "NaN/Inf")
+    assert _snapshot(tmp_path) == before and not (tmp_path / "samples").exists()  # no file written
+
+
+def _synthetic_checkpoint(path: Path, **meta: object) -> Path:
+    """A checkpoint with a torch run's metadata and one EMA array: enough for every refusal of
+    train.sample, which all come before a trainer (and its framework) is built."""
+    from train.config import preset_config
+
+    fields = {"framework": "torch", "config": preset_config("smoke").to_dict(), "step": 1, **meta}
+    return ckpt.save_checkpoint(path, {"trainer/ema/w": np.zeros(3, np.float32)},
+                                {k: v for k, v in fields.items() if v is not None})
+
+
+SAMPLE_MISUSES = {
+    # case: (extra metadata, argv after the checkpoint, what the one line must name)
+    "no config in the metadata": ({"config": None}, [], ["{ckpt}", "'config'"]),
+    "config of the wrong type": ({"config": {"z_dim": "eight"}}, [], ["{ckpt}", "'z_dim'"]),
+    "unknown framework": ({"framework": "numpy"}, [], ["{ckpt}", "framework 'numpy'"]),
+    "--n 1000000000": ({}, ["--n", "1000000000"], ["--n 1000000000"]),
+    "--n 0": ({}, ["--n", "0"], ["--n 0"]),
+    "--n beyond the free memory": ({}, ["--n", "1000"], ["--n 1000", "memory"]),
+    "--seed -1": ({}, ["--seed", "-1"], ["--seed"]),
+    "--out is a file": ({}, ["--out", "{file}"], ["--out {file}", "existing file"]),
+    "--out under a file": ({}, ["--out", "{file}/sub"], ["--out {file}/sub", "is a file"]),
+    "--out holds samples": ({}, ["--out", "{samples}"], ["--out {samples}", "--overwrite"]),
+    "missing checkpoint": ({}, [], ["{tmp}/nothing.npz"]),
+}
+
+
+@pytest.mark.parametrize("case", list(SAMPLE_MISUSES))
+def test_sample_misuse_is_one_line(case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    meta, extra, needles = SAMPLE_MISUSES[case]
+    path = _synthetic_checkpoint(tmp_path / "ckpt.npz", **meta)
+    (tmp_path / "notes.txt").write_text("user data\n")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "sample_00000.png").write_bytes(b"an earlier sample")
+    names = {"ckpt": str(path), "file": str(tmp_path / "notes.txt"), "samples": str(tmp_path / "kept"),
+             "tmp": str(tmp_path)}
+    checkpoint = str(tmp_path / "nothing.npz") if case == "missing checkpoint" else str(path)
+    argv = [checkpoint, "--out", str(tmp_path / "new"), *(a.format(**names) for a in extra)]
+    if case == "--n beyond the free memory":
+        monkeypatch.setattr(ckpt, "available_memory", lambda: 1 << 20)
+    before = _snapshot(tmp_path)
+    code, stdout, err = _sample(argv, capsys)
+    record("tool misuses")
+    assert code == 2 and stdout == "", err
+    _assert_one_line(err, *(n.format(**names) for n in needles))
+    assert _snapshot(tmp_path) == before and not (tmp_path / "new").exists()
+
+
+def _write_metrics(run: Path, text: str | bytes) -> Path:
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "metrics.csv"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return path
+
+
+_METRICS = "step,critic/loss,gen/loss,valp/mu\n1,-0.5,0.2,0.1\n2,-0.4,0.3,0.2\n3,-0.3,,0.3\n"
+
+
+def _plot(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from train.runs import plot
+
+    capsys.readouterr()
+    code = plot.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_plot_out_directory_gets_metrics_png(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    _write_metrics(run, _METRICS)
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for out, written in ((None, run / "metrics.png"), (pictures, pictures / "metrics.png"),
+                         (tmp_path / "new" / "m.png", tmp_path / "new" / "m.png")):
+        code, stdout, err = _plot([str(run), *(["--out", str(out)] if out else [])], capsys)
+        record("tool misuses")
+        assert code == 0, err
+        assert stdout.strip() == str(written)  # it says what it wrote
+        assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The audit: --out DIR wrote DIR.png beside it and printed DIR.
+    assert not (tmp_path / "pictures.png").exists()
+    assert sorted(p.name for p in pictures.iterdir()) == ["metrics.png"]
+
+
+PLOT_MISUSES = {
+    # case: (metrics.csv content or None, --out, what the one line must name)
+    "no step column": ("critic/loss,gen/loss\n-0.5,0.2\n", None, ["{csv}", "no 'step' column", "'critic/loss'"]),
+    "empty metrics.csv": ("", None, ["{csv}", "empty"]),
+    "step not a number": ("step,critic/loss\n1,0.5\nabc,0.3\n", None, ["{csv}", "line 3", "'abc'"]),
+    "not UTF-8": (b"step,loss\n1,\xff\xfe\n", None, ["{csv}", "UnicodeDecodeError"]),
+    "no metrics.csv": (None, None, ["{csv}", "no metrics.csv"]),
+    "--out without a picture suffix": (_METRICS, "{tmp}/picture", ["--out {tmp}/picture", ".png"]),
+    "--out is the metrics file": (_METRICS, "{csv}", ["--out {csv}", ".png"]),
+    "--out under a file": (_METRICS, "{tmp}/notes.txt/m.png", ["--out {tmp}/notes.txt/m.png", "is a file"]),
+}
+
+
+@pytest.mark.parametrize("case", list(PLOT_MISUSES))
+def test_plot_misuse_is_one_line(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    content, out, needles = PLOT_MISUSES[case]
+    run = tmp_path / "run"
+    run.mkdir()
+    if content is not None:
+        _write_metrics(run, content)
+    (tmp_path / "notes.txt").write_text("user data\n")
+    names = {"csv": str(run / "metrics.csv"), "tmp": str(tmp_path)}
+    before = _snapshot(tmp_path)
+    code, stdout, err = _plot([str(run), *(["--out", out.format(**names)] if out else [])], capsys)
+    record("tool misuses")
+    assert code == 2 and stdout == "", err
+    _assert_one_line(err, *(n.format(**names) for n in needles))
+    assert _snapshot(tmp_path) == before  # nothing written, nothing lost
+
+
+BENCH_MISUSES = [
+    ("bench.trainer_timing", ["--penalties", "bogus"], "--penalties"),
+    ("bench.trainer_timing", ["--frameworks", "torch,bogus"], "--frameworks"),
+    ("bench.trainer_timing", ["--steps", "0"], "--steps"),
+    ("bench.trainer_timing", ["--rounds", "0"], "--rounds"),
+    ("bench.speed", ["--repeats", "0"], "--repeats"),
+    ("bench.speed", ["--batch", "0"], "--batch"),
+    ("bench.speed", ["--suite", "bogus"], "--suite"),
+    ("bench.speed", ["--batches", "16,x"], "--batches"),
+    ("bench.exactness", ["--seeds", "abc"], "--seeds"),
+    ("bench.exactness", ["--problems", "bogus"], "--problems"),
+    ("bench.exactness", ["--methods", "bogus"], "--methods"),
+    ("bench.exactness", ["--n", "0"], "--n"),
+]
+
+
+@pytest.mark.parametrize(("module", "argv", "flag"), BENCH_MISUSES, ids=[" ".join(c[1]) for c in BENCH_MISUSES])
+def test_bench_flags_are_argparse_errors(module: str, argv: list[str], flag: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked while parsing (exit status 2, one error line naming the flag), not found by a
+    traceback minutes into a benchmark."""
+    main = importlib.import_module(module).main
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    record("tool misuses")
+    assert e.value.code == 2
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and f"error: argument {flag}:" in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["bench.speed", "--repeats", "0"], ["bench.trainer_timing", "--penalties", "bogus"],
+                                  ["bench.exactness", "--seeds", "abc"]], ids=lambda a: a[0])
+def test_bench_command_lines_exit_2(argv: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    record("tool misuses")
+    assert proc.returncode == 2 and f"error: argument {argv[1]}:" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
 
 
 # ============================================================================ data
@@ -456,6 +691,127 @@ def test_decompression_bomb_png(tmp_path: Path, capsys: pytest.CaptureFixture[st
     record("bad inputs")
     assert code == 2
     _assert_one_line(err, str(folder / "b_bomb.png"))
+
+
+# -- image folders: every bit depth and mode -------------------------------------------------
+#
+# The policy (train.data.images._to_rgb8): 1-bit 0/1 -> 0/255; 16-bit samples v -> v >> 8 (the
+# high byte, as Pillow's own decoder does for 16-bit RGB/RGBA/LA PNGs, so every 16-bit mode
+# agrees); palettes resolved; alpha dropped (the stored colour is kept, like torchvision's
+# loader). Images are 32x32, so the loader's crop and resize leave every pixel as it is.
+
+
+def _png16(samples: np.ndarray, color_type: int) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB, RGBA or LA)."""
+    h, w = samples.shape[:2]
+    raw = b"".join(b"\x00" + np.ascontiguousarray(samples[y]).astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _gray3(gray: np.ndarray) -> np.ndarray:
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+def _image_case(name: str, folder: Path, rng: np.random.Generator) -> tuple[Path, np.ndarray]:
+    """(file written, the uint8 RGB the loader must give) for one mode or bit depth."""
+    size = (32, 32)
+    u8 = rng.integers(0, 256, (*size, 4), dtype=np.uint8)
+    u16 = rng.integers(0, 65536, (*size, 4), dtype=np.uint16)
+    u16[0, :4, 0] = (0, 255, 65280, 65535)  # both ends and the byte boundary
+    path = folder / f"{name}.png"
+    if name == "1-bit":
+        bits = rng.integers(0, 2, size).astype(bool)
+        Image.fromarray(bits).save(path)
+        return path, _gray3(bits.astype(np.uint8) * 255)
+    if name == "8-bit L":
+        Image.fromarray(u8[..., 0]).save(path)
+        return path, _gray3(u8[..., 0])
+    if name == "8-bit RGB":
+        Image.fromarray(u8[..., :3]).save(path)
+        return path, u8[..., :3]
+    if name in ("16-bit I;16 PNG", "16-bit I;16 TIFF"):
+        if name.endswith("TIFF"):
+            path = path.with_suffix(".tif")
+        Image.fromarray(u16[..., 0]).save(path)  # mode I;16
+        assert Image.open(path).mode == "I;16"
+        return path, _gray3((u16[..., 0] >> 8).astype(np.uint8))
+    if name == "16-bit RGB":
+        path.write_bytes(_png16(u16[..., :3], 2))
+        return path, (u16[..., :3] >> 8).astype(np.uint8)
+    if name == "16-bit RGBA":
+        path.write_bytes(_png16(u16, 6))
+        return path, (u16[..., :3] >> 8).astype(np.uint8)
+    if name == "16-bit LA":
+        path.write_bytes(_png16(u16[..., :2], 4))
+        return path, _gray3((u16[..., 0] >> 8).astype(np.uint8))
+    if name in ("P", "P with transparency"):
+        palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+        im = Image.fromarray(u8[..., 0], mode="L").convert("P")
+        im.putpalette(palette.tobytes())
+        if name == "P with transparency":
+            im.info["transparency"] = int(u8[0, 0, 0])
+        im.save(path)
+        return path, palette[u8[..., 0]]
+    if name == "LA":
+        Image.fromarray(u8[..., :2], mode="LA").save(path)
+        return path, _gray3(u8[..., 0])
+    if name == "RGBA":
+        Image.fromarray(u8, mode="RGBA").save(path)
+        return path, u8[..., :3]
+    raise AssertionError(name)
+
+
+IMAGE_CASES = ["1-bit", "8-bit L", "8-bit RGB", "16-bit I;16 PNG", "16-bit I;16 TIFF", "16-bit RGB", "16-bit RGBA",
+               "16-bit LA", "P", "P with transparency", "LA", "RGBA"]
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES)
+def test_image_folder_scales_each_bit_depth_and_mode(case: str, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    path, want = _image_case(case, folder, np.random.default_rng(IMAGE_CASES.index(case)))
+    got = tdata.load_image_folder(folder)
+    record("image modes checked")
+    assert got.dtype == np.uint8 and got.shape == (1, 32, 32, 3), (path, got.shape)
+    np.testing.assert_array_equal(got[0], want, err_msg=case)
+    if case.startswith("16-bit"):  # the audit: 97% of a 16-bit image's pixels clipped to 255
+        assert (got == 255).mean() < 0.05
+
+
+def test_image_folder_all_modes_at_once_and_in_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    cases = [_image_case(case, folder, rng) for case in IMAGE_CASES]
+    got = tdata.load_image_folder(folder)
+    order = sorted(range(len(cases)), key=lambda i: str(cases[i][0]))
+    for row, i in enumerate(order):
+        np.testing.assert_array_equal(got[row], cases[i][1], err_msg=str(cases[i][0]))
+    code, err = _run("numpy", _argv(tmp_path / "run", "--data", "folder", "--data-path", str(folder)), capsys)
+    record("image modes checked")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_image_without_a_fixed_range_is_refused(mode: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    values = np.arange(32 * 32).reshape(32, 32) * 100_000
+    path = folder / "wide.tif"
+    Image.fromarray(values.astype(np.int32 if mode == "I" else np.float32)).save(path)
+    assert Image.open(path).mode == mode
+    with pytest.raises(tdata.DataError, match=r"wide\.tif has 32-bit .* no fixed range"):
+        tdata.load_image_folder(folder)
+    code, err = _run("numpy", _argv(tmp_path / "run", "--data", "folder", "--data-path", str(folder)), capsys)
+    record("image modes checked")
+    assert code == 2
+    _assert_one_line(err, str(path), f"mode {mode}")
+    assert not (tmp_path / "run").exists()
 
 
 # -- CIFAR-10 --------------------------------------------------------------------------------
@@ -768,6 +1124,72 @@ def test_fuzz_cifar_archive_member_types(fuzz_dir: Path, cifar_fuzz_base: dict, 
     if set(kinds) != {"file"}:
         with pytest.raises(tdata.DataError):
             tdata.load_cifar10(path, checksums=None, download=False)
+
+
+# Which Pillow modes each format writes (and the loader's extension for it).
+_SAVABLE = {
+    "1": ("PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"), "L": ("PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"),
+    "P": ("PNG", "TIFF", "GIF", "WEBP"), "RGB": ("PNG", "TIFF", "BMP", "GIF", "JPEG", "WEBP"),
+    "RGBA": ("PNG", "TIFF", "WEBP"), "LA": ("PNG", "TIFF", "WEBP"), "PA": ("TIFF",), "I": ("TIFF",),
+    "I;16": ("PNG", "TIFF"), "I;16B": ("PNG", "TIFF"), "F": ("TIFF",), "CMYK": ("TIFF", "JPEG"),
+    "YCbCr": ("TIFF",), "LAB": ("TIFF",),
+}
+_EXT = {"PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "JPEG": ".jpg", "WEBP": ".webp"}
+
+
+@st.composite
+def _image_file(draw: st.DrawFn) -> tuple[str, bytes, bool]:
+    """(extension, bytes, whether the loader must accept it): a random-mode image, or random bytes."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.sampled_from(sorted(_EXT.values()))), draw(st.binary(max_size=512)), False
+    mode = draw(st.sampled_from(sorted(_SAVABLE)))
+    fmt = draw(st.sampled_from(_SAVABLE[mode]))
+    size = (draw(st.integers(1, 40)), draw(st.integers(1, 40)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    im = Image.new(mode, size)
+    im.frombytes(rng.bytes(len(im.tobytes())))
+    if mode in ("P", "PA"):
+        im.putpalette(rng.bytes(768))
+    buf = io.BytesIO()
+    im.save(buf, format=fmt)
+    data = buf.getvalue()
+    mutated = draw(st.booleans())
+    if mutated:
+        data = _mutate(data, draw(_MUTATIONS["edits"]), draw(_MUTATIONS["cut"]), draw(_MUTATIONS["insert"]))
+    # Unaltered files of every mode with a fixed range load; I (32-bit) and F are refused.
+    return _EXT[fmt], data, not mutated and mode not in ("I", "F")
+
+
+@pytest.fixture(scope="module")
+def small_pixel_limit() -> Iterator[None]:
+    """A mutated header may declare a huge image: Pillow refuses above 2 x MAX_IMAGE_PIXELS,
+    so the fuzzing never allocates a big image."""
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1 << 20
+    yield
+    Image.MAX_IMAGE_PIXELS = before
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on damaged metadata
+@_FUZZ
+@given(case=_image_file())
+def test_fuzz_image_folder(fuzz_dir: Path, small_pixel_limit: None, case: tuple[str, bytes, bool]) -> None:
+    """Random bytes and random Pillow modes (mutated or not): the folder loader either gives
+    uint8 NHWC or raises DataError naming the file, never another error."""
+    ext, data, must_load = case
+    folder = fuzz_dir / "image-folder"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    path = folder / f"image{ext}"
+    path.write_bytes(data)
+    record("fuzzed files")
+    try:
+        images = tdata.load_image_folder(folder)
+    except tdata.DataError as e:
+        assert str(path) in str(e) and "\n" not in str(e), str(e)
+        assert not must_load, f"an intact image was refused: {e}"
+    else:
+        assert images.dtype == np.uint8 and images.shape == (1, 32, 32, 3)
 
 
 # ============================================================================ frameworks

@@ -86,7 +86,7 @@ def test_cli_refusal_is_one_line_with_exit_status_2(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "metrics.csv").write_text("x\n")
-    code = ("import sys; from train.loop import main; "
+    code = ("import sys; from train.cli import main; "
             "sys.exit(main('none', lambda cfg: (_ for _ in ()).throw(AssertionError('built a trainer')), "
             f"['--preset', 'smoke', '--steps', '1', '--out', {str(out)!r}, '--no-progress']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,

@@ -133,7 +133,7 @@ def test_preset_help_shows_that_presets_values(preset: str, capsys: pytest.Captu
 
 def test_print_config_prints_the_resolved_settings_and_exits(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code = ("import sys; from train.loop import main; "
+    code = ("import sys; from train.cli import main; "
             "sys.exit(main('none', lambda cfg: (_ for _ in ()).throw(AssertionError('built a trainer')), "
             f"['--preset', 'digits', '--steps', '7', '--valp-eps-max', '3', '--out', {str(out)!r}, '--print-config']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -146,7 +146,7 @@ def test_print_config_prints_the_resolved_settings_and_exits(tmp_path: Path) -> 
 def test_batch_larger_than_the_dataset_exits_2_before_training(tmp_path: Path) -> None:
     # The NumPy-free check runs before any framework is imported: a non-existent trainer module
     # would fail later, so exit 2 with the flag's name proves the order.
-    code = ("import sys; from train.loop import main; "
+    code = ("import sys; from train.cli import main; "
             "sys.exit(main('none', lambda cfg: (_ for _ in ()).throw(AssertionError('built a trainer')), "
             f"['--preset', 'smoke', '--batch-size', '5000', '--out', {str(tmp_path)!r}]))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, check=False)

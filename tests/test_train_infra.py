@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 
 from train import data as tdata
+from train.cli import main
 from train.config import (
     ConfigError,
     TrainConfig,
@@ -31,7 +32,7 @@ from train.config import (
     preset_config,
 )
 from train.evaluation import inception as tmetrics
-from train.loop import NonFiniteError, ResumeError, RunResult, main, run_training
+from train.loop import NonFiniteError, ResumeError, RunResult, run_training
 from train.runs import checkpoint as ckpt
 from train.runs import logs as tlogs
 

@@ -40,7 +40,7 @@ import optax
 from models import jax_dcgan
 from models.jax_resnet import Critic, Generator, init
 from models.spec import ResNetConfig
-from train import contract, loop
+from train import cli, contract, loop
 from train import jax_distributed as jd
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
@@ -436,7 +436,7 @@ def make_trainer(cfg: TrainConfig) -> JaxWGAN:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return loop.main("jax", make_trainer, argv, parser=build_jax_parser())
+    return cli.main("jax", make_trainer, argv, parser=build_jax_parser())
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ import signal
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,17 +32,14 @@ from train import contract, resume
 from train.config import (
     ConfigError,
     TrainConfig,
-    build_parser,
     lr_at,
-    parse_config,
 )
-from train.data import BatchIterator, DataError, default_cache_dir, load_dataset
+from train.data import BatchIterator, load_dataset
 from train.evaluation.inception import (
     Evaluator,
     FeatureFn,
-    InceptionFeatureExtractor,
-    inception_available,
 )
+from train.evaluation.registry import EvaluationUnavailable, evaluator_for
 from train.runs import checkpoint as ckpt
 from train.runs.logs import MetricsWriter, TensorBoardWriter, save_image_grid
 from train.seeds import numpy_stream
@@ -219,18 +215,6 @@ def _check_images(images: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
     if arr.dtype != np.uint8 or arr.shape != want:
         raise TypeError(f"trainer.sample must return uint8 {want}, got {arr.dtype} {arr.shape}")
     return arr
-
-
-class _TqdmLogHandler(logging.Handler):
-    """Routes log lines through tqdm.write so they do not break the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            from tqdm import tqdm
-
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never crash training
-            self.handleError(record)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -415,32 +399,13 @@ class TrainingLoop:
             self.tb.add_image("samples/ema", grid, self.step)
             self.tb.flush()
 
-    def _evaluator_or_none(self) -> Evaluator | None:
-        if self._eval_disabled:
-            return None
-        if self._evaluator is None:
-            feature_fn = self.feature_fn
-            key = f"{self.batches.fingerprint}:custom"
-            cache = self.out / "eval_reference.npz"
-            if feature_fn is None and self.cfg.data == "digits":
-                # Offline: FD-digits / KID / class coverage on a NumPy digits classifier.
-                from train.evaluation.digits import DigitsEvaluator
-
-                self._evaluator = DigitsEvaluator(seed=self.cfg.seed)  # type: ignore[assignment]
-                return self._evaluator
-            if feature_fn is None:
-                status = inception_available(self.cfg.inception_weights)
-                if not status.ok:
-                    log.warning("IS/FID/KID evaluation disabled for this run: %s", status.reason)
-                    self._eval_disabled = True
-                    return None
-                device = "cuda" if self.cfg.device.startswith(("cuda", "gpu")) else "cpu"
-                feature_fn = InceptionFeatureExtractor(status.weights, device=device)
-                key = f"{self.batches.fingerprint}:{status.weights.name if status.weights else ''}"
-                # Inception statistics of a dataset are shared by every run on it.
-                cache = default_cache_dir() / f"inception-reference-{self.batches.fingerprint}.npz"
-            self._evaluator = Evaluator(feature_fn, self.data, cache_path=cache,
-                                        reference_key=key, seed=self.cfg.seed)
+    def _evaluator_or_none(self) -> Any:
+        if self._evaluator is None and not self._eval_disabled:
+            try:
+                self._evaluator = evaluator_for(self.cfg, self.data, self.batches.fingerprint, self.out, self.feature_fn)
+            except EvaluationUnavailable as e:
+                log.warning("evaluation disabled for this run: %s", e)
+                self._eval_disabled = True
         return self._evaluator
 
     def _evaluate(self, n: int) -> dict[str, float]:
@@ -638,80 +603,3 @@ def run_training(
     ``feature_fn`` (images -> (pool features, logits)) override the configured dataset and
     InceptionV3, mainly for tests."""
     return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn, argv=argv).run()
-
-
-def _setup_logging() -> None:
-    if not log.handlers:
-        handler = _TqdmLogHandler()
-        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
-# Errors a user causes with a flag or a file: exit status 2 (usage), one line.
-_USAGE_ERRORS = (ConfigError, DataError, ckpt.CheckpointError, ResumeError, PreflightError, FileExistsError,
-                 FileNotFoundError)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
-def describe_error(error: BaseException) -> tuple[int, str]:
-    """(exit status, one-line message) for an error that ended a run: 2 for usage errors (a
-    flag or file to fix), 1 for runtime failures (divergence, a full disk, anything else)."""
-    if isinstance(error, KeyboardInterrupt):
-        return 128 + int(signal.SIGINT), _one_line(error) or "interrupted"
-    if isinstance(error, _USAGE_ERRORS):
-        return 2, _one_line(error)
-    if isinstance(error, NonFiniteError):
-        return 1, _one_line(error)
-    if isinstance(error, OSError) and error.filename is not None:
-        return 1, f"{error.filename}: {error.strerror or _one_line(error)}"
-    hint = "" if isinstance(error, OSError) else " (run with --debug for the traceback)"
-    return 1, f"{type(error).__name__}: {_one_line(error)}{hint}"
-
-
-def main(
-    framework: str,
-    make_trainer: Callable[[TrainConfig], Trainer],
-    argv: Sequence[str] | None = None,
-    *,
-    parser: Any = None,
-) -> int:
-    """Command-line entry shared by the trainers: ``sys.exit(main("torch", TorchWGAN))``.
-
-    Returns 0 when completed, 128 + signal when interrupted (after a checkpoint), 1 when the
-    run diverged or failed at run time, 2 on configuration / data / checkpoint / output-directory
-    errors. Errors are one line on stderr; ``--debug`` prints the traceback as well.
-    """
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args  # declared by build_parser; not a setting of the run
-    parser = parser or build_parser(framework)
-    cfg = parse_config(args, framework, parser)
-    _setup_logging()
-    try:
-        if cfg.resume is not None:  # the saved run's settings; a changed one is refused by name
-            saved = resume.saved_config_for_resume(cfg)
-            if saved is not None:
-                try:
-                    cfg = resume.resumed_config(saved, parser.parse_args(args), cfg)
-                except ConfigError as e:
-                    parser.error(f"--resume: {e}")
-        if "--print-config" in args:
-            print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
-            return 0
-        # Before building models: fail in seconds, not minutes.
-        resume.check_out_dir(cfg, resume.find_checkpoint(cfg, Path(cfg.out) / CHECKPOINT_DIR))
-        data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
-        check_batch_fits(cfg, data)
-        trainer = make_trainer(cfg)
-        result = run_training(trainer, cfg, data=data, argv=[f"python -m train.{framework}_wgan", *args])
-    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
-        if debug:
-            traceback.print_exc(file=sys.stderr)
-        code, message = describe_error(e)
-        print(f"error: {message}", file=sys.stderr)
-        return code
-    return result.exit_code

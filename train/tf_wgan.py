@@ -44,7 +44,7 @@ import tensorflow.experimental.numpy as tnp  # noqa: E402
 
 from models import tf_dcgan, tf_resnet  # noqa: E402
 from models.spec import ResNetConfig, is_stat, param_table  # noqa: E402
-from train import contract, loop, tf_distributed  # noqa: E402
+from train import cli, contract, loop, tf_distributed  # noqa: E402
 from train.config import ConfigError, TrainConfig, build_parser, lr_at  # noqa: E402
 from train.data import to_uint8  # noqa: E402
 from train.penalties import penalty_from_config, reductions_for  # noqa: E402
@@ -349,7 +349,7 @@ def make_trainer(cfg: TrainConfig) -> TfWGAN:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return loop.main(FRAMEWORK, make_trainer, argv, parser=build_tf_parser())
+    return cli.main(FRAMEWORK, make_trainer, argv, parser=build_tf_parser())
 
 
 if __name__ == "__main__":

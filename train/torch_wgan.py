@@ -33,9 +33,9 @@ from models import torch_dcgan as dcgan
 from models.spec import ResNetConfig
 from models.torch_resnet import Critic, Generator
 from train import contract
+from train.cli import main
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
-from train.loop import main
 from train.penalties import Penalty, penalty_from_config, reductions_for
 from train.runs import checkpoint as ckpt
 from train.seeds import stream_seed
