@@ -78,6 +78,9 @@ class JaxBackend:
     @contextmanager
     def frozen_state(self, critic: Any) -> Iterator[None]:
         # Pure functions cannot update statistics behind the caller's back: nothing to freeze.
+        # (BatchNorm statistics and SpectralNorm's u change only through returned state: NNX
+        # critics go through valr_core.frontends.nnx.pure_critic, linen ones with
+        # update_stats=False / no mutable collections.)
         yield
 
 

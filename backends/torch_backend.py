@@ -10,6 +10,7 @@ from typing import Any
 import array_api_compat.torch as torch_namespace
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from valr_core.interface import critic_owners
 
@@ -35,18 +36,40 @@ _warned_unseen = False
 
 
 class _Freezer:
-    """Leaves the running statistics of normalisation modules untouched while active.
+    """Leaves the running statistics of normalisation modules, and the state of stateful weight
+    parametrisations, untouched while active.
 
     BatchNorm in train mode runs with ``track_running_stats`` off: it normalises with batch
     statistics exactly as before, and passes no running buffers to the kernel (so autograd
     saves none that a restore could invalidate). Other modules with running statistics
     (InstanceNorm(track_running_stats=True) updates them even with the flag off) get their
-    buffers snapshotted and copied back."""
+    buffers snapshotted and copied back.
+
+    A parametrisation that keeps state in buffers (``parametrizations.spectral_norm``: its
+    power-iteration vectors ``_u``, ``_v``) runs with ``training`` off: spectral_norm then takes
+    no power-iteration step and divides by the sigma of its current ``_u``, ``_v``, i.e. the
+    same weight as the critic's own training pass just before (``fx=critic(x)``)."""
 
     def __init__(self) -> None:
         self.flipped: list[nn.Module] = []
+        self.evaluated: list[nn.Module] = []
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.done: set[int] = set()
+        self.done_parametrized: set[int] = set()
+
+    def freeze_parametrizations(self, m: nn.Module) -> bool:
+        """Stateful parametrisations of ``m`` to eval mode; whether there were any."""
+        if id(m) in self.done_parametrized or not parametrize.is_parametrized(m):
+            return False
+        self.done_parametrized.add(id(m))
+        found = False
+        for plist in m.parametrizations.values():
+            for p in plist:
+                if p.training and _has_buffers(p):
+                    p.training = False
+                    self.evaluated.append(p)
+                    found = True
+        return found
 
     def freeze(self, m: nn.Module) -> None:
         if id(m) in self.done or not (m.training and getattr(m, "track_running_stats", False)):
@@ -64,6 +87,8 @@ class _Freezer:
     def restore(self) -> None:
         for m in self.flipped:
             m.track_running_stats = True
+        for p in self.evaluated:
+            p.training = True
         with torch.no_grad():
             for buf, value in self.saved:
                 buf.copy_(value)
@@ -71,6 +96,10 @@ class _Freezer:
 
 def _is_norm(m: nn.Module) -> bool:
     return isinstance(m, nn.modules.batchnorm._NormBase)
+
+
+def _has_buffers(m: nn.Module) -> bool:
+    return next(m.buffers(recurse=False), None) is not None
 
 
 class TorchBackend:
@@ -166,22 +195,29 @@ class TorchBackend:
             for m in mod.modules():
                 if _is_norm(m):
                     freezer.freeze(m)
+                freezer.freeze_parametrizations(m)
         handle = None
         if not _visible(critic) and not torch.compiler.is_compiling():
             # A plain function may run modules VALP cannot see (globals, attributes of other
-            # objects): a global pre-hook freezes any normalisation module that runs during
+            # objects): a global pre-hook freezes any normalisation module or stateful
+            # parametrisation (before the module's forward reads its weight) that runs during
             # VALP's passes, and says once how to make it explicit.
             def pre_hook(module: nn.Module, args: Any) -> None:
                 global _warned_unseen
                 if _is_norm(module) and id(module) not in freezer.done and module.training and module.track_running_stats:
                     freezer.freeze(module)
-                    if not _warned_unseen:
-                        _warned_unseen = True
-                        warnings.warn(
-                            f"VALP's passes ran {type(module).__name__} in train mode through a critic function that "
-                            "does not show its modules; its running statistics were frozen for those passes. Pass "
-                            "freeze=<your nn.Module> (or the module itself as the critic) to say so explicitly.",
-                            RuntimeWarning, stacklevel=2)
+                    what = "running statistics were"
+                elif freezer.freeze_parametrizations(module):
+                    what = "parametrisation state (spectral_norm's power iteration) was"
+                else:
+                    return
+                if not _warned_unseen:
+                    _warned_unseen = True
+                    warnings.warn(
+                        f"VALP's passes ran {type(module).__name__} in train mode through a critic function that "
+                        f"does not show its modules; its {what} frozen for those passes. Pass "
+                        "freeze=<your nn.Module> (or the module itself as the critic) to say so explicitly.",
+                        RuntimeWarning, stacklevel=2)
 
             handle = nn.modules.module.register_module_forward_pre_hook(pre_hook)
         try:

@@ -3,9 +3,10 @@
 A generator learns 8 Gaussians; the critic's estimate E f(real) - E f(fake) on fixed evaluation
 sets is printed next to the exact W1 between those sets (an optimal assignment). The critic
 goes through ``pure_critic`` so that VALP's extra passes could not touch BatchNorm statistics
-(this MLP has none; an NNX critic with ``nnx.BatchNorm`` works the same way).
+(this MLP has none; an NNX critic with ``nnx.BatchNorm`` or ``nnx.SpectralNorm`` works the same
+way). The step returns ``aux.stats``, VALP's statistics under the core's names.
 
-    python -m examples.jax_wgan_valp --steps 300
+    python -m examples.jax_wgan_valp --steps 300     # or: python examples/jax_wgan_valp.py
 """
 
 from __future__ import annotations
@@ -16,9 +17,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from examples.common import eight_gaussians, exact_w1, parse_args
 from valr_core import VALP, ALState
 from valr_core.frontends.nnx import pure_critic
+
+if __package__:  # python -m examples.jax_wgan_valp, or imported
+    from .common import eight_gaussians, exact_w1, parse_args, report
+else:  # python examples/jax_wgan_valp.py: common.py is beside this file, on sys.path
+    from common import eight_gaussians, exact_w1, parse_args, report
 
 
 class MLP(nnx.Module):
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     gen, critic = MLP(2, 2, nnx.Rngs(args.seed)), MLP(2, 1, nnx.Rngs(args.seed + 1))
     opt_g = nnx.Optimizer(gen, optax.adam(args.lr_gen, b1=0.5, b2=0.9), wrt=nnx.Param)
     opt_d = nnx.Optimizer(critic, optax.adam(args.lr_critic, b1=0.5, b2=0.9), wrt=nnx.Param)
-    valp = VALP(backend="jax", mode="al", rho=args.rho, xi=1.0, eps_min=0.01, eps_max=args.eps_max)
+    valp = VALP(backend="jax", mode="al", rho=args.rho, xi=1.0, eps_min=args.eps_min, eps_max=args.eps_max)
     al_state = ALState(jnp.zeros((), jnp.float32))
     key = jax.random.key(args.seed)
     n = args.batch
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
 
         (_, aux), grads = nnx.value_and_grad(objective, has_aux=True)(critic)
         opt_d.update(critic, grads)
-        return valp.update(al_state, aux.constraint), aux.rng  # mu <- max(0, mu + rho * mean L)
+        return valp.update(al_state, aux.constraint), aux.rng, aux.stats  # mu <- max(0, mu + rho * mean L)
 
     @nnx.jit
     def gen_step(gen, opt_g, critic, key):
@@ -67,18 +72,18 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
 
     real_eval, z_eval = eight_gaussians(rng, 512), jnp.asarray(rng.standard_normal((512, 2)), jnp.float32)
     history: list[dict[str, float]] = []
+    stats: dict[str, jax.Array] = {}  # the last critic step's
 
     def evaluate(step: int) -> None:
         fake = np.asarray(gen(z_eval))
         estimate = float(jnp.mean(critic(real_eval)) - jnp.mean(critic(fake)))
-        exact, mu = exact_w1(real_eval, fake), float(al_state.mu)
-        history.append({"step": step, "estimate": estimate, "exact": exact, "rel_error": estimate / exact - 1, "mu": mu})
-        print(f"step {step:5d}  critic estimate {estimate:7.4f}  exact W1 {exact:7.4f}  rel. error {100 * (estimate / exact - 1):+6.1f}%  mu {mu:.3f}")
+        # "valp/mu": the multiplier after the last update (aux.stats holds the one the step used).
+        history.append(report(step, estimate, exact_w1(real_eval, fake), {**stats, "valp/mu": al_state.mu}))
 
     evaluate(0)
     for step in range(1, args.steps + 1):
         for _ in range(args.n_critic):
-            al_state, key = critic_step(critic, opt_d, gen, jnp.asarray(eight_gaussians(rng, n)), key, al_state)
+            al_state, key, stats = critic_step(critic, opt_d, gen, jnp.asarray(eight_gaussians(rng, n)), key, al_state)
         key = gen_step(gen, opt_g, critic, key)
         if step % args.eval_every == 0 or step == args.steps:
             evaluate(step)

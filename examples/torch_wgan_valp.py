@@ -2,9 +2,10 @@
 
 A generator learns 8 Gaussians; the critic's estimate E f(real) - E f(fake) on fixed evaluation
 sets is printed next to the exact W1 between those sets (an optimal assignment), so you can see
-the critic track the Wasserstein distance as the generator closes it.
+the critic track the Wasserstein distance as the generator closes it, with VALP's statistics
+of the last critic step (``VALPModule.stats``: real and fake batches together).
 
-    python -m examples.torch_wgan_valp --steps 300
+    python -m examples.torch_wgan_valp --steps 300     # or: python examples/torch_wgan_valp.py
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from examples.common import eight_gaussians, exact_w1, parse_args
 from valr_core.frontends.torch_module import VALPModule
+
+if __package__:  # python -m examples.torch_wgan_valp, or imported
+    from .common import eight_gaussians, exact_w1, parse_args, report
+else:  # python examples/torch_wgan_valp.py: common.py is beside this file, on sys.path
+    from common import eight_gaussians, exact_w1, parse_args, report
 
 
 def mlp(n_in: int, n_out: int, hidden: int = 64) -> nn.Module:
@@ -28,7 +33,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     rng = np.random.default_rng(args.seed)
     gen, critic = mlp(2, 2), mlp(2, 1)
     # Radii matched to the data's scale (the paper's eps up to 10 suit [-1, 1] images, not this).
-    valp = VALPModule(mode="al", rho=args.rho, xi=1.0, eps_min=0.01, eps_max=args.eps_max, seed=args.seed)
+    valp = VALPModule(mode="al", rho=args.rho, xi=1.0, eps_min=args.eps_min, eps_max=args.eps_max, seed=args.seed)
     opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr_gen, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(critic.parameters(), lr=args.lr_critic, betas=(0.5, 0.9))
     real_eval, z_eval = torch.from_numpy(eight_gaussians(rng, 512)), torch.randn(512, 2)
@@ -39,9 +44,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         with torch.no_grad():
             fake = gen(z_eval)
             estimate = float(critic(real_eval).mean() - critic(fake).mean())
-        exact = exact_w1(real_eval.numpy(), fake.numpy())
-        history.append({"step": step, "estimate": estimate, "exact": exact, "rel_error": estimate / exact - 1, "mu": float(valp.mu)})
-        print(f"step {step:5d}  critic estimate {estimate:7.4f}  exact W1 {exact:7.4f}  rel. error {100 * (estimate / exact - 1):+6.1f}%  mu {float(valp.mu):.3f}")
+        # valp.stats: the last critic step's calls; "valp/mu" the multiplier after its update.
+        history.append(report(step, estimate, exact_w1(real_eval.numpy(), fake.numpy()), {**valp.stats, "valp/mu": valp.mu}))
 
     evaluate(0)
     for step in range(1, args.steps + 1):
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
             with torch.no_grad():
                 fake = gen(torch.randn(args.batch, 2))
             x = torch.cat([real, fake])
-            fx = critic(x)
+            fx = critic(x)  # one pass on both: VALP reuses it (several calls per step work too)
             loss_d = fx[args.batch:].mean() - fx[: args.batch].mean() + valp(critic, x, fx=fx)
             opt_d.zero_grad()
             loss_d.backward()

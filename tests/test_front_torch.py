@@ -3,6 +3,7 @@ and the one-line valp_penalty."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -142,3 +143,129 @@ def test_ddp_keeps_mu_identical_on_every_replica() -> None:
     for (c0, n0), (c1, n1) in zip(res[0]["local"], res[1]["local"], strict=True):
         mu = max(0.0, mu + 0.5 * (c0 * n0 + c1 * n1) / (n0 + n1))
     np.testing.assert_allclose(res[0]["mu"], mu, rtol=1e-5)
+
+
+# -- spectral normalisation: VALP's passes leave the power iteration alone -----------------------
+def _sn_critic() -> torch.nn.Module:
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(spectral_norm(torch.nn.Linear(2, 16)), torch.nn.Tanh(), spectral_norm(torch.nn.Linear(16, 1))).train()
+
+
+def _power_state(net: torch.nn.Module) -> list[torch.Tensor]:
+    sn = [m.parametrizations.weight[0] for m in net if torch.nn.utils.parametrize.is_parametrized(m)]
+    return [t.clone() for p in sn for t in (p._u, p._v)]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(s, t) for s, t in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("with_fx", [True, False])
+def test_valp_passes_leave_spectral_norm_power_iteration_untouched(with_fx: bool) -> None:
+    net, x = _sn_critic(), _x(0)
+    valp = VALPModule(mode="al", K=0.0, rho=0.5, n_power=3, eps_max=1.0)
+    fx = net(x) if with_fx else None  # the critic's own training pass: one power-iteration step
+    before = _power_state(net)
+    penalty = valp(net, x, fx=fx)
+    assert _same(_power_state(net), before)
+    penalty.backward()
+    assert _same(_power_state(net), before)
+    grads = [m.parametrizations.weight.original.grad for m in (net[0], net[2])]
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in grads)  # still trains the critic
+    assert all(m.parametrizations.weight[0].training for m in (net[0], net[2]))  # mode restored
+    net(x)  # an ordinary training forward still advances the power iteration
+    after = _power_state(net)  # (u of the 1 x 16 last layer is +-1 whatever the step)
+    assert not torch.equal(after[0], before[0]) and not torch.equal(after[1], before[1])
+
+
+def test_spectral_norm_frozen_through_a_closure_and_with_freeze() -> None:
+    net, x = _sn_critic(), _x(1)
+    before = _power_state(net)
+    VALP(n_power=2, eps_max=1.0).loss(lambda z: net(z), x, torch.Generator().manual_seed(0))  # closes over net
+    assert _same(_power_state(net), before)
+    holder = {"net": net}  # a critic that does not show its module: freeze= says which
+    VALP(eps_max=1.0).loss(lambda z: holder["net"](z), x, torch.Generator().manual_seed(0), freeze=net)
+    assert _same(_power_state(net), before)
+
+
+def test_valp_passes_use_the_weight_of_the_preceding_training_pass() -> None:
+    # After fx = critic(x) (one power step), VALP's passes see that same normalised weight:
+    # its penalty equals the one of a copy whose spectral_norm runs in eval mode throughout.
+    net, x = _sn_critic(), _x(2)
+    fx = net(x)
+    frozen = copy.deepcopy(net)
+    for m in (frozen[0], frozen[2]):
+        m.parametrizations.weight[0].eval()
+    got = VALP(K=0.0, eps_max=1.0).violations(net, x, torch.Generator().manual_seed(4), fx=fx)[0].quotients
+    ref = VALP(K=0.0, eps_max=1.0).violations(frozen, x, torch.Generator().manual_seed(4), fx=frozen(x))[0].quotients
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+# -- stats: every call of a step, combined as one call on all their samples ----------------------
+def _draws_of_next_call(valp: VALPModule, x: torch.Tensor):
+    g = torch.Generator()
+    g.set_state(valp.generator.get_state())
+    return valp.valp.draws(x, g)[0]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "max"])
+def test_stats_cover_every_call_until_step_as_one_call_on_the_concatenated_batch(reduction: str) -> None:
+    from valr_core.algorithm import Draws
+    from valr_core.objectives import ALState
+
+    net, valp = _critic(), VALPModule(mode="al", K=0.0, rho=0.5, reduction=reduction, eps_max=1.0, seed=1)
+    valp.mu.fill_(0.25)
+    real, fake = _x(0, 8), _x(1, 4)
+    draws, penalties = [], []
+    for x in (real, fake):  # real and fake passed separately
+        draws.append(_draws_of_next_call(valp, x))
+        penalties.append(valp(net, x))
+    one = Draws(torch.cat([d.direction for d in draws]), torch.cat([d.eps for d in draws]), None)
+    _, aux = VALP(mode="al", K=0.0, rho=0.5, reduction=reduction, eps_max=1.0).loss(net, torch.cat([real, fake]), draws=one, state=ALState(valp.mu.clone()))
+    stats = valp.stats
+    assert set(stats) == set(aux.stats)
+    for key, value in aux.stats.items():
+        torch.testing.assert_close(stats[key], value, rtol=1e-5, atol=1e-7, msg=key)
+    combine = {"mean": lambda p: (8 * p[0] + 4 * p[1]) / 12, "sum": sum, "max": max}[reduction]
+    torch.testing.assert_close(stats["valp/penalty"], combine([p.detach() for p in penalties]))
+    # Not just the last call.
+    assert not torch.equal(stats["valp/mean_quotient"], valp.last.stats["valp/mean_quotient"])
+    valp.step()  # the step's statistics stay readable after step() ...
+    torch.testing.assert_close(valp.stats["valp/mean_violation"], aux.stats["valp/mean_violation"])
+    assert float(valp.stats["valp/mu"]) == 0.25 < float(valp.mu)  # the mu those calls used
+    valp(net, real)  # ... and the next call starts a new step
+    for key, value in valp.last.stats.items():
+        torch.testing.assert_close(valp.stats[key], value)
+
+
+def test_stats_combine_without_al_and_use_the_core_names() -> None:
+    net, valp = _critic(), VALPModule(K=0.0, eps_max=1.0)
+    assert valp.stats == {}
+    valp(net, _x(0, 6))
+    first = valp.last.stats
+    valp(net, _x(1, 2))
+    second = valp.last.stats
+    stats = valp.stats
+    assert set(stats) == set(first) and "valp/mu" not in stats
+    torch.testing.assert_close(stats["valp/mean_violation"], (6 * first["valp/mean_violation"] + 2 * second["valp/mean_violation"]) / 8)
+    torch.testing.assert_close(stats["valp/max_violation"], torch.maximum(first["valp/max_violation"], second["valp/max_violation"]))
+    torch.testing.assert_close(stats["valp/violating_fraction"], (6 * first["valp/violating_fraction"] + 2 * second["valp/violating_fraction"]) / 8)
+    valp.step()
+    valp(net, _x(2, 3))
+    torch.testing.assert_close(valp.stats["valp/max_violation"], valp.last.stats["valp/max_violation"])
+    al = VALPModule(mode="al", eps_max=1.0)
+    al(net, _x(0))
+    names = {"valp/penalty", "valp/mean_violation", "valp/max_violation", "valp/violating_fraction", "valp/mu"}
+    assert names <= set(al.stats) and all(k.startswith("valp/") for k in al.stats)
+
+
+# -- init_state: any tensor of the framework ------------------------------------------------------
+@pytest.mark.parametrize("like", [torch.zeros(()), torch.ones(3), torch.arange(4), torch.ones(2, 3, dtype=torch.bfloat16),
+                                  torch.ones(5, dtype=torch.float16), torch.zeros(0, 2), torch.ones(2, dtype=torch.bool)],
+                         ids=["0d", "1d", "int64", "bf16", "fp16", "empty", "bool"])
+def test_init_state_accepts_any_tensor(like: torch.Tensor) -> None:
+    mu = VALP(mode="al").init_state(like).mu
+    assert mu.shape == () and mu.dtype == torch.float32 and mu.device == like.device and float(mu) == 0.0
+    assert VALP(mode="al").init_state(torch.ones((), dtype=torch.float64)).mu.dtype == torch.float64

@@ -28,12 +28,16 @@ class PenaltyBase:
     # -- augmented-Lagrangian state ------------------------------------------------------------
     def init_state(self, like: Tensor | None = None) -> ALState:
         """mu = 0, a scalar of ``like``'s framework and device (or a Python float): float32
-        whatever ``like``'s dtype (float64 for float64), so a bfloat16 mu still moves."""
+        whatever ``like``'s dtype (float64 for float64), so a bfloat16 mu still moves. ``like``
+        may be any array of its framework: 0-d, empty, integer, boolean, half precision."""
         if like is None:
             return ALState(0.0)
         backend = resolve_backend(self.backend, like)
         xp = backend.namespace(like)
-        return ALState(xp.sum(astype(backend, xp.zeros_like(like[:1]), work_dtype(backend, like))))
+        # An empty slice of ``like`` (0-d: reshaped to (1,) first) summed: 0 on like's device,
+        # and no value of ``like`` is read, copied or cast.
+        empty = like[:0] if len(backend.shape(like)) else xp.reshape(like, (1,))[:0]
+        return ALState(xp.sum(astype(backend, empty, work_dtype(backend, like))))
 
     def update(self, state: ALState, constraint: Tensor) -> ALState:
         """The AL multiplier step mu <- max(0, mu + rho * constraint); pure.

@@ -13,6 +13,20 @@ pass (``fx = critic(x)``, passed to ``VALP.loss``) is the only one that updates 
 
 For a fully functional step (``jax.jit`` with ``graphdef`` static), call
 ``pure_critic_from(graphdef, params, rest)`` on the split state instead.
+
+Spectral normalisation: ``nnx.SpectralNorm`` keeps its power-iteration vector ``u`` (and
+``sigma``) as ``nnx.BatchStat`` variables written on every training call; through
+``pure_critic`` those writes land on the discarded copies, so VALP's passes do not advance the
+power iteration either (nor keep the normalised kernel it writes back): ``u`` moves once per
+step, in the real pass. With Flax linen's ``SpectralNorm`` (``u`` in the ``"batch_stats"``
+collection), give VALP ``lambda z: model.apply(variables, z, update_stats=False)`` and run only
+the real pass with ``update_stats=True, mutable=["batch_stats"]``: every pass then starts from
+the same stored ``u`` and normalises by the same sigma, and ``u`` moves once per step (linen
+refuses ``update_stats=True`` without ``mutable``).
+
+Statistics: ``aux.stats`` of ``VALP.loss`` carries the core's names (``valp/penalty``,
+``valp/mean_violation``, ``valp/max_violation``, ``valp/violating_fraction``, ``valp/mu``, ...);
+return it from the jitted step to log it.
 """
 
 from __future__ import annotations

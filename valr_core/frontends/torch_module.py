@@ -6,6 +6,12 @@ the augmented-Lagrangian multiplier and the random state with the rest of the mo
     loss.backward(); opt.step(); valp.step()                    # mu <- max(0, mu + rho * R(L))
 
 Or, without a multiplier: ``valp_penalty(critic, x, generator, eps_max=1.0)``.
+
+VALP's extra forward passes (the power iteration and ``critic(x + r_adv)``) leave the critic's
+state to its own training pass: BatchNorm running statistics are not updated, and a
+``torch.nn.utils.parametrizations.spectral_norm`` layer takes no power-iteration step (its
+``_u``, ``_v`` buffers are left as they are; the passes run that parametrisation in eval mode,
+so they use the weight of the critic's preceding training pass, ``fx=critic(x)``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ from ..objectives import ALState
 from ..valp import VALP, ValpAux
 
 __all__ = ["VALPModule", "valp_penalty"]
+
+
+def _combination(key: str, reduction: str) -> str:
+    """How a statistic of several calls combines into that of one call on all their samples:
+    means and fractions weighted by each call's regularised samples, maxima as the max, the
+    penalty by the penalty's reduction (as the constraint), ``valp/mu`` as the latest."""
+    name = key.rsplit("/", 1)[-1]
+    if name == "penalty":
+        return reduction
+    if name == "mu":
+        return "latest"
+    if name.startswith("max_"):
+        return "max"
+    return "mean"
 
 
 def _reseeded(source: torch.Generator, device: torch.device) -> torch.Generator:
@@ -39,6 +59,11 @@ class VALPModule(nn.Module):
     every call since the last step, combined as if they were one call on all their samples, and
     averaged over replicas when ``torch.distributed`` is initialised, so mu stays identical on
     every replica. Give each replica its own ``seed`` (e.g. ``seed=rank``).
+
+    ``stats`` covers every call of a critic step in the same way (e.g. real and fake batches
+    passed separately), under the core's names (``valp/mean_violation``, ``valp/mu``, ...); call
+    ``step()`` once per critic step in every mode, so that the next call starts a new step.
+    Neither BatchNorm statistics nor spectral_norm's power iteration move in VALP's passes.
     """
 
     mu: torch.Tensor
@@ -54,6 +79,9 @@ class VALPModule(nn.Module):
         self.register_buffer("mu", torch.zeros((), dtype=torch.float32))
         self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
         self.last: ValpAux | None = None
+        self._stats: dict[str, torch.Tensor] = {}  # combined over the calls of this step
+        self._stats_samples = 0
+        self._step_done = True  # the next call starts a new step's statistics
         self._reset_pending()
 
     # -- the penalty -----------------------------------------------------------------------
@@ -67,14 +95,43 @@ class VALPModule(nn.Module):
         al = self.valp.mode == "al"
         loss, aux = self.valp.loss(critic, x, self.generator, ALState(self.mu) if al else None, fx=fx, freeze=freeze)
         self.last = aux
+        self._accumulate_stats(aux)
         if al:
             self._accumulate(aux)
         return loss
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:
-        """Detached scalars of the last call (``valp/mean_violation``, ``valp/mu``, ...)."""
-        return {} if self.last is None else dict(self.last.stats)
+        """Detached scalars of every call of the current critic step (after ``step()``: of the
+        step just taken), as one call on all their samples would give them: means and fractions
+        weighted by each call's regularised samples, maxima as the max, ``valp/penalty`` by the
+        penalty's reduction (mean: weighted, sum: summed, max: the max), ``valp/mu`` the
+        multiplier the calls used. Keys are the core's (``VALP.loss``'s ``aux.stats``); the
+        values stay on the device (no host sync). This replica's calls only under DDP."""
+        n = self._stats_samples
+        how = self.valp.reduction
+        return {k: v / n if _combination(k, how) == "mean" else v for k, v in self._stats.items()}
+
+    def _accumulate_stats(self, aux: ValpAux) -> None:
+        if self._step_done:
+            self._stats, self._stats_samples, self._step_done = {}, 0, False
+        n = int(aux.violations.violations.shape[0])
+        how = self.valp.reduction
+        for key, value in aux.stats.items():
+            value = value.detach()
+            rule = _combination(key, how)
+            if rule == "mean":
+                value = value * n
+            old = self._stats.get(key)
+            if rule == "latest":
+                self._stats[key] = value.clone()  # valp/mu is the buffer itself, which step() updates in place
+            elif old is None:
+                self._stats[key] = value
+            elif rule == "max":
+                self._stats[key] = torch.maximum(old.to(value.device), value)
+            else:  # weighted mean (value * n) or sum
+                self._stats[key] = old.to(value.device) + value
+        self._stats_samples += n
 
     # -- the multiplier ---------------------------------------------------------------------
     def _reset_pending(self) -> None:
@@ -116,7 +173,9 @@ class VALPModule(nn.Module):
 
     @torch.no_grad()
     def step(self) -> None:
-        """The AL multiplier update, after the critic's optimiser step; a no-op unless mode="al"."""
+        """The AL multiplier update, after the critic's optimiser step (mode="al"); in every mode
+        it ends the step whose calls ``stats`` combines."""
+        self._step_done = True
         if self.valp.mode != "al":
             return
         constraint = self.pending_constraint()
