@@ -56,6 +56,15 @@ FRAMEWORK = "tf"
 ADAM_EPS = 1e-8  # torch/optax default; Keras's is 1e-7
 
 
+def _layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model``: ``keras.Model.layers`` (public) followed into nested models;
+    the models (models/tf_*.py) are functional, with no custom layers holding sub-layers."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _layers(layer)
+
+
 @contextlib.contextmanager
 def _dtype_policy(precision: str) -> Iterator[None]:
     """--precision bf16: models built under Keras' mixed_bfloat16 policy (bfloat16 compute,
@@ -170,7 +179,7 @@ class TfWGAN:
             self.mu = tf.Variable(self.penalty.init_state(tf.zeros([])).mu, trainable=False)
         if strategy is not None:
             # Batch statistics of the global batch: what one process computes.
-            for layer in self.gen._flatten_layers(include_self=False):
+            for layer in _layers(self.gen):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.synchronized = True
         # Separate streams, so the latents do not depend on how much randomness a penalty uses.

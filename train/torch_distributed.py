@@ -42,6 +42,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,16 +138,26 @@ def shard_rows(n: int, ctx: DistContext, flag: str) -> slice:
 # ----------------------------------------------------------------------------- BatchNorm
 
 
+class _SumOverReplicas(torch.autograd.Function):
+    """all_reduce(sum) whose backward all-reduces the incoming gradient (public dist API only)."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
 def sum_over_replicas(t: torch.Tensor) -> torch.Tensor:
     """Differentiable all-reduce (sum): the backward all-reduces the incoming gradients, so with
     DDP's averaging the parameter gradients are those of the global-batch computation."""
-    from torch.distributed import _functional_collectives as funcol
-
-    if hasattr(funcol, "all_reduce_backward"):  # torch >= 2.13: autograd-aware functional collective
-        return funcol.wait_tensor(funcol.all_reduce(t, "sum", dist.group.WORLD))
-    from torch.distributed.nn.functional import all_reduce  # deprecated from 2.13 on
-
-    return all_reduce(t)
+    return _SumOverReplicas.apply(t)
 
 
 class ReplicaBatchNorm2d(nn.BatchNorm2d):
