@@ -44,6 +44,7 @@ import concurrent.futures, json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import jax
+import jax.numpy as jnp
 from train.runs import checkpoint as ckpt
 from train import jax_distributed as jd
 from train.config import preset_config
@@ -112,6 +113,10 @@ parts = [np.asarray(s.data) for s in sorted(sharded.addressable_shards, key=lamb
 report["draw_shards"] = [list(p.shape) for p in parts]
 report["draws_differ_per_replica"] = bool(not np.allclose(parts[0], parts[1]))
 
+# The max reduction's tie rule: a global max over the sharded batch whose maximum sits on both
+# replicas shares its gradient equally, as torch's and TF's distributed max reductions do.
+per_sample = jax.device_put(jnp.array([2.0, 1.0, 2.0, 0.5]), jd.batch_sharding(mesh))
+report["max_tie_grad"] = np.asarray(jax.jit(jax.grad(jnp.max))(per_sample)).tolist()
 print("draws", time.perf_counter() - t0, file=sys.stderr, flush=True)
 # The loop with a data-parallel trainer: the chief writes one checkpoint per interval; resume is exact.
 data = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
@@ -189,6 +194,12 @@ def test_replicas_draw_different_directions_equal_to_single_device(report: dict)
     assert report["draws_equal"]  # the random bits do not depend on the sharding
     assert report["draw_shards"] == [[2, 32, 32, 3], [2, 32, 32, 3]]
     assert report["draws_differ_per_replica"]
+
+
+def test_max_reduction_shares_ties_equally(report: dict) -> None:
+    """The one tie rule of the three frameworks: samples (hence replicas) holding the global
+    maximum share its gradient equally (train/torch_distributed.max_owner_scale, TF's penalty_weight)."""
+    assert report["max_tie_grad"] == [0.5, 0.0, 0.5, 0.0]
 
 
 def test_loop_writes_checkpoints_once_and_resumes(report: dict) -> None:

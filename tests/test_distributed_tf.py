@@ -188,7 +188,8 @@ def _cross_replica_check(strategy) -> dict:
             v = rid + 1.0
             r = tf_distributed.cross_replica({"m": v, "s": v, "x": v}, {"m": "mean", "s": "sum", "x": "max"})
             w = tf_distributed.penalty_weight(v, "max", REPLICAS)
-            return tf.stack([r["m"], r["s"], r["x"], w])
+            tie = tf_distributed.penalty_weight(tf.constant(2.0), "max", REPLICAS)  # shared equally
+            return tf.stack([r["m"], r["s"], r["x"], w, tie])
         return strategy.experimental_local_results(strategy.run(replica))
 
     return {"per_replica": [v.numpy().tolist() for v in fn()]}
@@ -273,7 +274,8 @@ def test_replicas_draw_different_penalty_randomness(dist_result: dict) -> None:
 
 def test_cross_replica_reductions(dist_result: dict) -> None:
     # Replica values 1 and 2: mean 1.5, sum 3, max 2; the max-penalty weight goes to replica 1.
-    assert dist_result["cross_replica"]["per_replica"] == [[1.5, 3.0, 2.0, 0.0], [1.5, 3.0, 2.0, 1.0]]
+    # A tie (2 on both) is shared equally: the one tie rule of torch, TF and JAX.
+    assert dist_result["cross_replica"]["per_replica"] == [[1.5, 3.0, 2.0, 0.0, 0.5], [1.5, 3.0, 2.0, 1.0, 0.5]]
 
 
 def test_distributed_state_resumes_exactly(dist_result: dict) -> None:

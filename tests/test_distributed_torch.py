@@ -86,6 +86,11 @@ def _worker(rank: int, port: int, out: str) -> None:
         counter["n"] += 1
         return default_hooks.allreduce_hook(None, bucket)
 
+    # The max reduction's tie rule: the global maximum held by both ranks is shared equally.
+    from train.torch_distributed import max_owner_scale
+
+    scales = [float(max_owner_scale(torch.tensor(v), ctx)) for v in (2.0, 1.0 + rank)]
+    (root / f"ties-rank{rank}.json").write_text(json.dumps(scales))
     for name, (kw, dtype) in SCENARIOS.items():
         torch.set_default_dtype(getattr(torch, dtype))
         tr = TorchWGAN(_cfg(**kw), dist=ctx)
@@ -249,6 +254,14 @@ def test_replicas_stay_identical_and_draw_their_own_penalty_randomness(ddp: Path
         assert not np.array_equal(a["rng/penalty"], b["rng/penalty"])  # different streams
     # One gradient all-reduce per backward: 3 critic steps, 1 generator step (one bucket each).
     assert info_a["counts"] == info_b["counts"] == {"critic": 3, "gen": 1}
+
+
+def test_max_reduction_shares_ties_equally(ddp: Path) -> None:
+    """The one tie rule of the three frameworks: replicas holding the same global maximum share
+    its gradient (world_size / k each, k holders; DDP averages by world_size)."""
+    per_rank = [json.loads((ddp / f"ties-rank{r}.json").read_text()) for r in range(WORLD)]
+    assert [s[0] for s in per_rank] == [1.0, 1.0]  # a tie: 2 / 2 each
+    assert [s[1] for s in per_rank] == [0.0, 2.0]  # rank 1 holds the maximum alone
 
 
 def test_chief_writes_once_and_resume_on_all_replicas_is_exact(ddp: Path) -> None:

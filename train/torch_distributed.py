@@ -234,14 +234,16 @@ def all_reduce_stats(values: Mapping[str, torch.Tensor], world_size: int, *,
 
 
 def max_owner_scale(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """``world_size`` on the lowest rank holding the global maximum of ``value``, else 0: with
-    DDP's averaging, the gradient of the global max of a per-replica max-reduced penalty."""
+    """``world_size / k`` on each of the k ranks holding the global maximum of ``value``, else 0:
+    with DDP's averaging, the gradient of the global max of a per-replica max-reduced penalty.
+    Ties are shared equally, the one rule of all three frameworks (as the single-process max's
+    gradient shares them in torch, TF and JAX; tf_distributed.penalty_weight)."""
     v = value.detach().float().reshape(1).clone()
     dist.all_reduce(v, op=dist.ReduceOp.MAX)
-    owner = torch.where(value.detach().float().reshape(1) >= v,
-                        torch.full_like(v, float(ctx.rank)), torch.full_like(v, float(ctx.world_size)))
-    dist.all_reduce(owner, op=dist.ReduceOp.MIN)
-    return (owner == ctx.rank).to(value.dtype).reshape(()) * ctx.world_size
+    mine = (value.detach().float().reshape(1) >= v).float()
+    holders = mine.clone()
+    dist.all_reduce(holders, op=dist.ReduceOp.SUM)
+    return (mine / holders * ctx.world_size).to(value.dtype).reshape(())
 
 
 def any_replica(flag: bool, device: torch.device) -> bool:
