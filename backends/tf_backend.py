@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import functools
+import types
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -11,20 +14,93 @@ import tensorflow.experimental.numpy as tnp
 
 from valr_core.interface import critic_owners
 
+_SEARCH_DEPTH = 2  # helper functions followed from a critic function (same module only)
 
-def _layers_of(critic: Any) -> list[Any]:
-    """Keras BatchNormalization layers behind a critic: itself, the owner of a bound method, a
-    partial's func and arguments, and the layers/models a plain function closes over."""
+
+def _is_layer(obj: Any) -> bool:
     import keras
 
-    candidates = critic_owners(critic)
+    return isinstance(obj, keras.layers.Layer)
+
+
+def _visible(critic: Any) -> bool:
+    """Whether every layer the critic can run is known: a Keras layer/model or its bound method."""
+    return _is_layer(critic) or _is_layer(getattr(critic, "__self__", None))
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    """The global and attribute names a code object (and the lambdas/functions inside it) uses."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+def _named_layers(fn: Any, depth: int = _SEARCH_DEPTH) -> list[Any]:
+    """Keras layers a plain function reaches by name, which ``critic_owners`` cannot see: the
+    globals its code names (``lambda x: critic(x, training=True)`` over a global model), the
+    attributes its code names of those and of its closure's and bound ``self``'s objects
+    (``holder.net``, ``self.critic``), and the same inside helper functions of its own module."""
+    func = getattr(fn, "__func__", fn)  # a bound method of a non-Keras object: its function
+    code = getattr(func, "__code__", None)
+    if code is None or depth < 0:
+        return []
+    names = _code_names(code)
+    scope = getattr(func, "__globals__", {})
+    roots = [scope[n] for n in names if n in scope] + [c for c in critic_owners(func) if c is not func]
+    if getattr(fn, "__self__", None) is not None:
+        roots.append(fn.__self__)
     found: list[Any] = []
-    for owner in candidates:
-        if isinstance(owner, keras.layers.Layer):
-            for layer in owner._flatten_layers(include_self=True):
-                if isinstance(layer, keras.layers.BatchNormalization) and all(layer is not f for f in found):
-                    found.append(layer)
+    for obj in roots:
+        if _is_layer(obj):
+            found.append(obj)
+            continue
+        if isinstance(obj, types.FunctionType | types.MethodType | functools.partial):
+            if getattr(getattr(obj, "__func__", obj), "__globals__", None) is scope:
+                found += _named_layers(obj, depth - 1)
+            continue
+        try:
+            attrs = vars(obj)
+        except Exception:  # no __dict__ (or one that refuses to be read): nothing named inside
+            continue
+        if isinstance(obj, type) or not isinstance(attrs, Mapping):
+            continue
+        for name in names & attrs.keys():
+            value = attrs[name]
+            if _is_layer(value):
+                found.append(value)
+            elif isinstance(value, types.FunctionType | types.MethodType) and depth > 0:
+                found += _named_layers(value, depth - 1)
     return found
+
+
+def _unique(objects: list[Any]) -> list[Any]:
+    return list({id(obj): obj for obj in objects}.values())
+
+
+def _state_variables(layer: Any) -> list[Any]:
+    """The floating-point state of a layer and every layer below it: BatchNormalization's moving
+    statistics, SpectralNormalization's ``vector_u`` and any other statistic a layer keeps.
+    ``Layer.non_trainable_variables`` is public and recursive; a variable created non-trainable
+    is state (a frozen layer's weights keep ``variable.trainable``), and integer state (random
+    seed generators, e.g. Dropout's) is left to advance."""
+    return [v for v in layer.non_trainable_variables if not v.trainable and str(v.dtype).startswith(("float", "bfloat"))]
+
+
+def _unbuilt_batchnorms(layer: Any) -> list[Any]:
+    """BatchNormalization layers not built yet, below ``layer``. Keras 3 has no public recursive
+    walk over a layer's sub-layers (``Layer._flatten_layers`` is private): ``keras.Model.layers``
+    (public, a model's direct layers) is followed recursively, which covers Sequential and
+    functional models and models nested in them; a BatchNormalization inside a custom layer of
+    a model never called before is not found (call the model once, or build it, first)."""
+    import keras
+
+    out = [layer] if isinstance(layer, keras.layers.BatchNormalization) and not layer.built else []
+    if isinstance(layer, keras.Model):
+        for sub in layer.layers:
+            out += _unbuilt_batchnorms(sub)
+    return out
 
 
 class TfBackend:
@@ -100,13 +176,29 @@ class TfBackend:
     @contextmanager
     def frozen_state(self, critic: Any) -> Iterator[None]:
         # Keras BatchNorm assigns its moving statistics when called in training mode; the
-        # extra VALP passes must not, so snapshot them and assign the snapshot back after. A
-        # layer not built yet (a model never called before) has no statistics to snapshot: the
-        # pass builds it, and its statistics are reset to their initial values after.
-        layers = _layers_of(critic)
-        built = [layer for layer in layers if layer.built]
-        unbuilt = [layer for layer in layers if not layer.built]
-        variables = [v for layer in built for v in (layer.moving_mean, layer.moving_variance)]
+        # extra VALP passes must not, so snapshot the layers' floating-point state and assign
+        # the snapshot back after. A BatchNorm not built yet (a model never called before) has
+        # no statistics to snapshot: the pass builds it, and its statistics are reset to their
+        # initial values after.
+        owners = critic_owners(critic)
+        layers = _unique([o for o in owners if _is_layer(o)])
+        if not _visible(critic):
+            # A plain function may run models VALP is not shown (globals, attributes of other
+            # objects): look them up by the names in its code, freeze them, and say once how
+            # to make it explicit (as the torch adapter does).
+            named = [layer for o in owners if isinstance(o, types.FunctionType | types.MethodType) for layer in _named_layers(o)]
+            shown = {id(layer) for layer in layers}
+            unseen = [layer for layer in _unique(named) if id(layer) not in shown]
+            stateful = [layer for layer in unseen if _state_variables(layer) or _unbuilt_batchnorms(layer)]
+            if stateful:
+                warnings.warn(
+                    f"VALP's passes run Keras layers with moving statistics ({', '.join(repr(layer.name) for layer in stateful)}) "
+                    "through a critic function that does not show them (found by the names in its code); their "
+                    "statistics were frozen for those passes. Pass freeze=<your keras.Model> (or the model itself as "
+                    "the critic) to say so explicitly.", RuntimeWarning, stacklevel=3)
+            layers += unseen
+        variables = _unique([v for layer in layers for v in _state_variables(layer)])
+        unbuilt = _unique([bn for layer in layers for bn in _unbuilt_batchnorms(layer)])
         saved = [tf.identity(v.value) for v in variables]
         try:
             yield

@@ -21,11 +21,12 @@ from valr_core.frontends.keras_wgan import WGANVALP
 keras.utils.set_random_seed(0)
 critic = keras.Sequential([keras.Input((2,)), keras.layers.Dense(8, activation="tanh"), keras.layers.Dense(1)])
 gen = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
-try:
-    WGANVALP(gen, critic, latent_dim=2)
-    raise SystemExit("WGANVALP did not refuse a non-TensorFlow backend")
-except NotImplementedError as e:
-    assert "TensorFlow backend" in str(e) and BACKEND in str(e), e
+for args, kwargs in (((), dict(discriminator=critic, generator=gen, latent_dim=2)), ((gen, critic), dict(latent_dim=2))):
+    try:
+        WGANVALP(*args, **kwargs)
+        raise SystemExit("WGANVALP did not refuse a non-TensorFlow backend")
+    except NotImplementedError as e:
+        assert "TensorFlow backend" in str(e) and BACKEND in str(e), e
 x_np = np.random.default_rng(0).normal(size=(6, 2)).astype("float32")
 """
 

@@ -29,12 +29,14 @@ def _dataset() -> tf.data.Dataset:
 
 def test_fit_on_tf_data_trains_and_logs_valp_statistics() -> None:
     gen, critic = _models()
-    gan = WGANVALP(gen, critic, latent_dim=2, n_critic=2, mode="al", K=0.0, rho=0.5, eps_max=1.0)
-    gan.compile(c_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
+    gan = WGANVALP(discriminator=critic, generator=gen, latent_dim=2, discriminator_extra_steps=2, mode="al", K=0.0, rho=0.5, eps_max=1.0)
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
     g_before = [w.copy() for w in gen.get_weights()]
     history = gan.fit(_dataset(), epochs=2, steps_per_epoch=3, verbose=0, shuffle=False, callbacks=[VALPCallback()])
     logs = history.history
-    for key in ("c_loss", "g_loss", "wdist", "valp/mu", *(f"valp/{k}" for k in STAT_NAMES)):
+    # keras.io's d_loss / g_loss, and VALP's statistics under the core's names only.
+    assert set(logs) == {"d_loss", "g_loss", "wdist", *STAT_NAMES}
+    for key in ("d_loss", "g_loss", "wdist", "valp/mu", *STAT_NAMES):
         assert key in logs and len(logs[key]) == 2 and np.isfinite(logs[key]).all(), (key, logs)
     # K=0: every pair violates, so mu grows every critic step; the log holds its end-of-epoch value.
     assert 0 < logs["valp/mu"][0] < logs["valp/mu"][1] == pytest.approx(float(gan.mu.numpy()))
@@ -46,12 +48,16 @@ def test_fit_on_tf_data_trains_and_logs_valp_statistics() -> None:
 
 def test_fit_without_callback_and_config_errors() -> None:
     gen, critic = _models()
-    gan = WGANVALP(gen, critic, latent_dim=2, n_critic=1, valp=VALP(backend="tf", eps_max=1.0))
+    # valr's earlier keyword names (critic=, n_critic=, c_optimizer=) stay as aliases.
+    gan = WGANVALP(critic=critic, generator=gen, latent_dim=2, n_critic=1, valp=VALP(backend="tf", eps_max=1.0))
     gan.compile(c_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-3))
+    assert gan.discriminator is critic and gan.discriminator_extra_steps == 1 and gan.d_optimizer is gan.c_optimizer
     logs = gan.fit(_dataset(), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False).history
-    assert set(logs) == {"c_loss", "g_loss", "wdist"}
+    assert set(logs) == {"d_loss", "g_loss", "wdist"}
     assert float(gan.mu.numpy()) == 0.0  # squared mode: no multiplier
     with pytest.raises(TypeError, match="either"):
-        WGANVALP(gen, critic, latent_dim=2, valp=VALP(), K=0.0)
+        WGANVALP(discriminator=critic, generator=gen, latent_dim=2, valp=VALP(), K=0.0)
     with pytest.raises(ValueError, match="n_critic"):
-        WGANVALP(gen, critic, latent_dim=2, n_critic=0)
+        WGANVALP(discriminator=critic, generator=gen, latent_dim=2, n_critic=0)
+    with pytest.raises(ValueError, match="discriminator_extra_steps"):
+        WGANVALP(discriminator=critic, generator=gen, latent_dim=2, discriminator_extra_steps=0)

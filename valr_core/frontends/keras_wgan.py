@@ -1,9 +1,12 @@
-"""Keras 3 front door: a WGAN-VALP ``keras.Model`` with an overridden ``train_step`` (the form of
-keras.io's WGAN-GP example) and a callback that puts VALP's statistics into the logs.
+"""Keras 3 front door: a WGAN-VALP ``keras.Model`` with an overridden ``train_step``, in the form
+and with the argument names of keras.io's WGAN-GP example, and a callback that puts VALP's
+statistics into the logs.
 
-    gan = WGANVALP(generator, critic, latent_dim=2, n_critic=5, mode="al", rho=1.0)
-    gan.compile(c_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-4))
+    gan = WGANVALP(discriminator=critic, generator=generator, latent_dim=2,
+                   discriminator_extra_steps=5, mode="al", rho=1.0)
+    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-4))
     gan.fit(dataset, epochs=10, callbacks=[VALPCallback(), keras.callbacks.TensorBoard("tb")])
+    gan.save("wgan.keras")  # keras.models.load_model("wgan.keras") resumes exactly
 
 ``train_step`` is written for Keras' TensorFlow backend. On the JAX backend Keras requires a
 stateless ``train_step`` and on the torch backend a torch-autograd one; constructing
@@ -14,17 +17,46 @@ on those backends' tensors: ``VALP(backend="jax")`` with ``critic.stateless_call
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
+import numpy as np
 
 from ..objectives import ALState
 from ..valp import VALP
 
-__all__ = ["WGANVALP", "VALPCallback", "STAT_NAMES"]
+__all__ = ["WGANVALP", "VALPCallback", "STAT_NAMES", "wasserstein_d_loss", "wasserstein_g_loss"]
 
-# VALP's per-step statistics the model keeps in variables; the callback logs them.
-STAT_NAMES = ("penalty", "mean_violation", "max_violation", "mean_quotient", "max_quotient", "violating_fraction")
+# VALP's per-step statistics, under the core's names (VALP.loss's aux.stats), which the model
+# keeps in variables; VALPCallback logs them and the AL multiplier (MU_NAME).
+MU_NAME = "valp/mu"
+_STEP_STATS = ("valp/penalty", "valp/mean_violation", "valp/max_violation", "valp/mean_quotient",
+               "valp/max_quotient", "valp/violating_fraction", "valp/dropped_fraction")
+STAT_NAMES = (*_STEP_STATS, MU_NAME)
+
+# The trainers' seed policy (train.seeds.stream_seed; valr_core does not import train): one
+# stream per purpose, the index being the purpose's place in train.seeds.PURPOSES.
+_PURPOSE_INDEX = {"latents": 2, "penalty": 3}
+_MAX_SEED = 2**32 - 1
+# Keyword aliases: valr's earlier names for keras.io's.
+_ALIASES = {"critic": "discriminator", "n_critic": "discriminator_extra_steps", "c_optimizer": "d_optimizer"}
+
+
+def _stream_seed(seed: int, purpose: str) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= _MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {_MAX_SEED}], got {seed!r}")
+    entropy = [int(seed), _PURPOSE_INDEX[purpose]]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0] >> 1)
+
+
+def _pick(name: str, value: Any, alias_value: Any) -> Any:
+    """keras.io's ``name`` or valr's alias for it, not both."""
+    alias = next(a for a, n in _ALIASES.items() if n == name)
+    if value is not None and alias_value is not None:
+        raise TypeError(f"pass {name}= or its alias {alias}=, not both")
+    return value if value is not None else alias_value
 
 
 def _require_tensorflow_backend() -> None:
@@ -40,108 +72,324 @@ def _require_tensorflow_backend() -> None:
     raise NotImplementedError(f"WGANVALP.train_step is written for Keras' TensorFlow backend, but KERAS_BACKEND is {name!r}: {hint}")
 
 
-class WGANVALP(keras.Model):
-    """A WGAN whose critic is regularised by VALP: ``n_critic`` critic steps, then one
-    generator step, per batch of real samples (each critic step draws fresh latents and reuses
-    the batch, as keras.io's WGAN-GP does).
+def _valp_config(valp: VALP) -> dict[str, Any]:
+    """VALP's settings as plain values (distances given as callables: Keras-serialised)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(valp):
+        value = getattr(valp, field.name)
+        if callable(value):
+            value = keras.saving.serialize_keras_object(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[field.name] = value
+    return out
 
-    The critic minimises ``E f(G(z)) - E f(x) + penalty`` on ``concat([real, fake])``. In
-    ``mode="al"`` the multiplier ``mu`` is a non-trainable ``keras.Variable`` (saved with the
-    weights) updated after each critic step. VALP's random state is a ``tf.random.Generator``
-    seeded with ``seed``. ``valp`` or ``**config`` configure the penalty (``VALP``'s keywords).
+
+def _valp_from_config(config: Mapping[str, Any]) -> VALP:
+    kwargs = dict(config)
+    for key, value in config.items():
+        if isinstance(value, dict):
+            kwargs[key] = keras.saving.deserialize_keras_object(value)
+    if kwargs.get("clip") is not None:
+        kwargs["clip"] = tuple(kwargs["clip"])
+    return VALP(**kwargs)
+
+
+def wasserstein_d_loss(real_img: Any, fake_img: Any) -> Any:
+    """The critic's WGAN loss ``E f(fake) - E f(real)`` (keras.io's ``discriminator_loss``)."""
+    return keras.ops.mean(fake_img) - keras.ops.mean(real_img)
+
+
+def wasserstein_g_loss(fake_img: Any) -> Any:
+    """The generator's WGAN loss ``-E f(fake)`` (keras.io's ``generator_loss``)."""
+    return -keras.ops.mean(fake_img)
+
+
+@keras.saving.register_keras_serializable(package="valr")
+class WGANVALP(keras.Model):
+    """A WGAN whose critic is regularised by VALP: ``discriminator_extra_steps`` critic steps,
+    then one generator step, per batch of real samples (each critic step draws fresh latents and
+    reuses the batch, as keras.io's WGAN-GP does).
+
+    Arguments are keyword-only, with keras.io's names: ``discriminator`` (the critic),
+    ``generator``, ``latent_dim``, ``discriminator_extra_steps`` (critic steps per generator
+    step, default 5 as in the paper; keras.io's example uses 3). ``critic=`` and ``n_critic=``
+    are accepted as aliases. ``valp`` (a ``VALP``) or ``**config`` (``VALP``'s keywords, e.g.
+    ``mode="al", rho=1.0``) configure the penalty.
+
+    The critic minimises ``d_loss = d_loss_fn(f(real), f(fake)) + penalty`` with VALP on
+    ``concat([real, fake])``; the generator minimises ``g_loss = g_loss_fn(f(fake))`` (by
+    default the WGAN losses). In ``mode="al"`` the multiplier ``mu`` is a non-trainable
+    ``keras.Variable``, updated after each critic step.
+
+    Randomness: latents come from ``latent_rng`` and VALP's draws from ``valp_rng``, two
+    ``tf.random.Generator`` streams seeded from ``seed`` as the trainers seed theirs
+    (``latent_seed``/``valp_seed`` override one stream's seed). Their states are mirrored in
+    non-trainable variables, so ``save``/``save_weights`` store them with ``mu`` and the models,
+    and ``keras.models.load_model`` / ``load_weights`` resume with the same next step.
+
+    The models are built at construction (called once on zeros, in inference mode, if they
+    were not built), so ``save_weights`` works at any time.
     """
 
-    def __init__(self, generator: keras.Model, critic: keras.Model, *, latent_dim: int, n_critic: int = 5, valp: VALP | None = None, seed: int = 0, **config: Any) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> WGANVALP:
         _require_tensorflow_backend()
+        if args:
+            raise TypeError(
+                f"WGANVALP takes keyword arguments only, got {len(args)} positional: pass discriminator=... and "
+                "generator=... by keyword (keras.io's WGAN(discriminator, generator, ...) and valr's former "
+                "WGANVALP(generator, critic, ...) have opposite orders)")
+        return super().__new__(cls, **kwargs)
+
+    def __init__(
+        self,
+        *,
+        discriminator: keras.Model | None = None,
+        generator: keras.Model | None = None,
+        latent_dim: int | None = None,
+        discriminator_extra_steps: int | None = None,
+        valp: VALP | None = None,
+        seed: int = 0,
+        latent_seed: int | None = None,
+        valp_seed: int | None = None,
+        critic: keras.Model | None = None,
+        n_critic: int | None = None,
+        name: str | None = None,
+        **config: Any,
+    ) -> None:
         import tensorflow as tf
 
-        super().__init__()
+        discriminator = _pick("discriminator", discriminator, critic)
+        steps = _pick("discriminator_extra_steps", discriminator_extra_steps, n_critic)
+        steps = 5 if steps is None else steps
+        if discriminator is None or generator is None:
+            raise TypeError("WGANVALP needs discriminator= (the critic; alias critic=) and generator=, by keyword")
+        if latent_dim is None:
+            raise TypeError("WGANVALP needs latent_dim= (the size of the generator's input)")
         if valp is not None and config:
             raise TypeError("pass either a VALP instance or its keyword config, not both")
-        if n_critic < 1:
-            raise ValueError(f"n_critic must be >= 1, got {n_critic!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
+            raise ValueError(f"discriminator_extra_steps (alias n_critic) must be an integer >= 1, got {steps!r}")
+        super().__init__(name=name)
+        self.discriminator = discriminator
         self.generator = generator
-        self.critic = critic
         self.latent_dim = int(latent_dim)
-        self.n_critic = int(n_critic)
+        self.discriminator_extra_steps = int(steps)
         self.valp = valp if valp is not None else VALP(backend="tf", **config)
-        self.valp_rng = tf.random.Generator.from_seed(seed)
+        self.seed = int(seed)
+        self.latent_seed = _stream_seed(seed, "latents") if latent_seed is None else int(latent_seed)
+        self.valp_seed = _stream_seed(seed, "penalty") if valp_seed is None else int(valp_seed)
+        self.latent_rng = tf.random.Generator.from_seed(self.latent_seed, alg="philox")
+        self.valp_rng = tf.random.Generator.from_seed(self.valp_seed, alg="philox")
+        # Keras saves keras.Variables only: the streams' states are mirrored here (after every
+        # train_step and before saving) and pushed back into the generators on loading.
+        self.latent_rng_state = keras.Variable(self.latent_rng.state.numpy(), dtype="int64", trainable=False, name="latent_rng_state")
+        self.valp_rng_state = keras.Variable(self.valp_rng.state.numpy(), dtype="int64", trainable=False, name="valp_rng_state")
         self.mu = keras.Variable(0.0, dtype="float32", trainable=False, name="valp_mu")
-        self.valp_stats = {k: keras.Variable(0.0, dtype="float32", trainable=False, name=f"valp_{k}") for k in STAT_NAMES}
-        self.c_loss_tracker = keras.metrics.Mean(name="c_loss")
+        self.valp_stats = {k: keras.Variable(0.0, dtype="float32", trainable=False, name=k.replace("/", "_"))
+                           for k in _STEP_STATS}
+        self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
         self.wdist_tracker = keras.metrics.Mean(name="wdist")
+        self.d_optimizer: keras.optimizers.Optimizer | None = None
+        self.g_optimizer: keras.optimizers.Optimizer | None = None
+        self.d_loss_fn: Callable[[Any, Any], Any] | None = None
+        self.g_loss_fn: Callable[[Any], Any] | None = None
+        self._build_models()
 
-    def compile(self, c_optimizer: keras.optimizers.Optimizer, g_optimizer: keras.optimizers.Optimizer, **kwargs: Any) -> None:
-        super().compile(**kwargs)
-        self.c_optimizer = c_optimizer
-        self.g_optimizer = g_optimizer
+    def _build_models(self) -> None:
+        """Create every variable now (a model not built yet is called once on zeros in inference
+        mode), so the model counts as built: ``save_weights`` needs it, and fit never calls it."""
+        import tensorflow as tf
+
+        z = tf.zeros([1, self.latent_dim])
+        if not self.generator.built or not self.discriminator.built:
+            fake = self.generator(z, training=False)
+            if not self.discriminator.built:
+                self.discriminator(fake, training=False)
+        self.built = True
+
+    # valr's earlier names, kept as aliases.
+    @property
+    def critic(self) -> keras.Model:
+        """Alias of ``discriminator``."""
+        return self.discriminator
+
+    @property
+    def n_critic(self) -> int:
+        """Alias of ``discriminator_extra_steps``."""
+        return self.discriminator_extra_steps
+
+    @property
+    def c_optimizer(self) -> keras.optimizers.Optimizer | None:
+        """Alias of ``d_optimizer``."""
+        return self.d_optimizer
+
+    def compile(
+        self,
+        d_optimizer: keras.optimizers.Optimizer | None = None,
+        g_optimizer: keras.optimizers.Optimizer | None = None,
+        d_loss_fn: Callable[[Any, Any], Any] | None = None,
+        g_loss_fn: Callable[[Any], Any] | None = None,
+        *,
+        c_optimizer: keras.optimizers.Optimizer | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Set the two optimisers (and optionally the two losses), keras.io's WGAN-GP names.
+
+        d_optimizer: the critic's optimiser (alias ``c_optimizer``); g_optimizer: the
+        generator's. Both are built here on their model's trainable variables. d_loss_fn:
+        ``(real_img, fake_img) -> scalar`` on the critic's outputs for the real and the fake
+        half (default ``wasserstein_d_loss``: ``E f(fake) - E f(real)``); VALP's penalty is
+        added to it. g_loss_fn: ``fake_img -> scalar`` (default ``wasserstein_g_loss``:
+        ``-E f(fake)``). Other keywords go to ``keras.Model.compile`` (``run_eagerly``,
+        ``jit_compile``, ``steps_per_execution``); ``optimizer``, ``loss`` and ``metrics`` do not
+        apply, and ``model.optimizer`` stays None (Keras would build it on every weight).
+        """
+        d_optimizer = _pick("d_optimizer", d_optimizer, c_optimizer)
+        if d_optimizer is None or g_optimizer is None:
+            raise TypeError("WGANVALP.compile needs d_optimizer= (the critic's; alias c_optimizer=) and g_optimizer=")
+        unused = sorted(set(kwargs) & {"optimizer", "loss", "loss_weights", "metrics", "weighted_metrics"})
+        if unused:
+            raise TypeError(f"WGANVALP.compile does not take {unused}: the losses are d_loss_fn/g_loss_fn, "
+                            "the optimisers d_optimizer/g_optimizer")
+        for fn_name, fn in (("d_loss_fn", d_loss_fn), ("g_loss_fn", g_loss_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{fn_name} must be a callable or None, got {type(fn).__name__}")
+        super().compile(optimizer=None, **kwargs)
+        self.d_optimizer = keras.optimizers.get(d_optimizer)
+        self.g_optimizer = keras.optimizers.get(g_optimizer)
+        self.d_loss_fn, self.g_loss_fn = d_loss_fn, g_loss_fn
+        for opt, model in ((self.d_optimizer, self.discriminator), (self.g_optimizer, self.generator)):
+            if not opt.built:
+                opt.build(model.trainable_variables)
+
+    def get_compile_config(self) -> dict[str, Any]:
+        if self.d_optimizer is None or self.g_optimizer is None:
+            return {}
+        serialize = keras.saving.serialize_keras_object
+        return {"d_optimizer": serialize(self.d_optimizer), "g_optimizer": serialize(self.g_optimizer),
+                "d_loss_fn": None if self.d_loss_fn is None else serialize(self.d_loss_fn),
+                "g_loss_fn": None if self.g_loss_fn is None else serialize(self.g_loss_fn)}
+
+    def compile_from_config(self, config: dict[str, Any]) -> None:
+        kwargs = {k: None if v is None else keras.saving.deserialize_keras_object(v) for k, v in config.items()}
+        self.compile(**kwargs)
+
+    def get_config(self) -> dict[str, Any]:
+        serialize = keras.saving.serialize_keras_object
+        return {"name": self.name, "discriminator": serialize(self.discriminator), "generator": serialize(self.generator),
+                "latent_dim": self.latent_dim, "discriminator_extra_steps": self.discriminator_extra_steps,
+                "seed": self.seed, "latent_seed": self.latent_seed, "valp_seed": self.valp_seed,
+                "valp": _valp_config(self.valp)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> WGANVALP:
+        config = dict(config)
+        for key in ("discriminator", "generator"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        config["valp"] = _valp_from_config(config["valp"])
+        return cls(**config)
+
+    def _sync_rng_variables(self) -> None:
+        self.latent_rng_state.assign(self.latent_rng.state)
+        self.valp_rng_state.assign(self.valp_rng.state)
+
+    def save_own_variables(self, store: Any) -> None:
+        self._sync_rng_variables()
+        super().save_own_variables(store)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(store)
+        self.latent_rng.reset(self.latent_rng_state.value)
+        self.valp_rng.reset(self.valp_rng_state.value)
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
-        return [self.c_loss_tracker, self.g_loss_tracker, self.wdist_tracker]
+        return [self.d_loss_tracker, self.g_loss_tracker, self.wdist_tracker]
 
     def call(self, z: Any, training: bool = False) -> Any:
         return self.generator(z, training=training)
 
     def _critic_fn(self, x: Any) -> Any:
-        return self.critic(x, training=True)
+        return self.discriminator(x, training=True)
 
     def train_step(self, data: Any) -> dict[str, Any]:
         import tensorflow as tf
 
+        if self.d_optimizer is None or self.g_optimizer is None:
+            raise RuntimeError("call WGANVALP.compile(d_optimizer=..., g_optimizer=...) before fit")
+        d_loss_fn = self.d_loss_fn or wasserstein_d_loss
+        g_loss_fn = self.g_loss_fn or wasserstein_g_loss
+        critic, generator = self.discriminator, self.generator
         real = data[0] if isinstance(data, tuple | list) else data
         batch = tf.shape(real)[0]
         al = self.valp.mode == "al"
-        for _ in range(self.n_critic):
-            z = self.valp_rng.normal([batch, self.latent_dim])
-            fake = self.generator(z, training=True)
+        for _ in range(self.discriminator_extra_steps):
+            z = self.latent_rng.normal([batch, self.latent_dim])
+            fake = generator(z, training=True)
             with tf.GradientTape() as tape:
                 x = tf.concat([real, tf.cast(fake, real.dtype)], 0)
-                fx = self.critic(x, training=True)
-                wdist = tf.reduce_mean(fx[:batch]) - tf.reduce_mean(fx[batch:])
+                fx = critic(x, training=True)
+                real_logits, fake_logits = fx[:batch], fx[batch:]
+                wdist = tf.reduce_mean(real_logits) - tf.reduce_mean(fake_logits)
                 state = ALState(tf.cast(self.mu.value, x.dtype)) if al else None
                 # freeze=critic: VALP's extra passes leave its BatchNorm statistics alone.
-                penalty, aux = self.valp.loss(self._critic_fn, x, self.valp_rng, state, fx=fx, freeze=self.critic)
-                c_loss = -wdist + penalty
-            grads = tape.gradient(c_loss, self.critic.trainable_variables)
-            self.c_optimizer.apply_gradients(zip(grads, self.critic.trainable_variables, strict=True))
+                penalty, aux = self.valp.loss(self._critic_fn, x, self.valp_rng, state, fx=fx, freeze=critic)
+                d_loss = tf.cast(d_loss_fn(real_logits, fake_logits), penalty.dtype) + penalty
+            grads = tape.gradient(d_loss, critic.trainable_variables)
+            self.d_optimizer.apply_gradients(zip(grads, critic.trainable_variables, strict=True))
             if al:
                 mu = ALState(self.mu.value)
                 self.mu.assign(self.valp.update(mu, tf.cast(aux.constraint, "float32")).mu)
-        for k in STAT_NAMES:
-            self.valp_stats[k].assign(tf.cast(aux.stats[f"valp/{k}"], "float32"))
+        for k in _STEP_STATS:
+            self.valp_stats[k].assign(tf.cast(aux.stats[k], "float32"))
 
-        z = self.valp_rng.normal([batch, self.latent_dim])
+        z = self.latent_rng.normal([batch, self.latent_dim])
         with tf.GradientTape() as tape:
-            g_loss = -tf.reduce_mean(self.critic(self.generator(z, training=True), training=True))
-        grads = tape.gradient(g_loss, self.generator.trainable_variables)
-        self.g_optimizer.apply_gradients(zip(grads, self.generator.trainable_variables, strict=True))
+            g_loss = g_loss_fn(critic(generator(z, training=True), training=True))
+        grads = tape.gradient(g_loss, generator.trainable_variables)
+        self.g_optimizer.apply_gradients(zip(grads, generator.trainable_variables, strict=True))
+        self._sync_rng_variables()
 
-        self.c_loss_tracker.update_state(c_loss)
+        self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
         self.wdist_tracker.update_state(wdist)
         return {m.name: m.result() for m in self.metrics}
 
 
+def _check_model(model: Any) -> None:
+    stats = getattr(model, "valp_stats", None)
+    if not isinstance(getattr(model, "mu", None), keras.Variable) or not isinstance(stats, Mapping):
+        raise TypeError(
+            f"VALPCallback needs a model that runs VALP and keeps its statistics (a valr WGANVALP, or a model with a "
+            f"`mu` keras.Variable and a `valp_stats` dict of keras.Variables named {_STEP_STATS[0]!r}, ...); got "
+            f"{type(model).__module__}.{type(model).__qualname__}")
+
+
 class VALPCallback(keras.callbacks.Callback):
-    """Adds ``valp/mu`` and VALP's violation statistics to the logs, so that ``History``,
+    """Adds VALP's statistics to the logs under the core's names (``STAT_NAMES``:
+    ``valp/penalty``, ``valp/mean_violation``, ..., ``valp/mu``), so that ``History``,
     ``CSVLogger`` and ``TensorBoard`` (placed *after* this callback) record them.
 
     Batch logs get the last critic step's values; epoch logs get their mean over the epoch's
-    batches (the maximum for ``max_*``) and ``mu`` at the epoch's end. Works with any model that
-    has ``mu`` and ``valp_stats`` variables like ``WGANVALP``.
+    batches (the maximum for ``valp/max_*``) and ``valp/mu`` at the epoch's end. The model must
+    keep them like ``WGANVALP`` (a ``mu`` variable and a ``valp_stats`` dict); any other model
+    is refused with a ``TypeError`` when training starts.
     """
 
-    def __init__(self, prefix: str = "valp/") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.prefix = prefix
         self._sums: dict[str, float] = {}
         self._count = 0
 
+    def set_model(self, model: keras.Model) -> None:
+        _check_model(model)
+        super().set_model(model)
+
     def _read(self) -> dict[str, float]:
         out = {k: float(keras.ops.convert_to_numpy(v.value)) for k, v in self.model.valp_stats.items()}
-        out["mu"] = float(keras.ops.convert_to_numpy(self.model.mu.value))
+        out[MU_NAME] = float(keras.ops.convert_to_numpy(self.model.mu.value))
         return out
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -150,17 +398,17 @@ class VALPCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         values = self._read()
         for k, v in values.items():
-            if k.startswith("max_"):
+            if "/max_" in k:
                 self._sums[k] = max(self._sums.get(k, v), v)
             else:
                 self._sums[k] = self._sums.get(k, 0.0) + v
         self._count += 1
         if logs is not None:
-            logs.update({self.prefix + k: v for k, v in values.items()})
+            logs.update(values)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None or not self._count:
             return
         for k, v in self._sums.items():
-            logs[self.prefix + k] = v if k.startswith("max_") else v / self._count
-        logs[self.prefix + "mu"] = self._read()["mu"]
+            logs[k] = v if "/max_" in k else v / self._count
+        logs[MU_NAME] = self._read()[MU_NAME]
