@@ -43,12 +43,3 @@ def tf_noise_filtered() -> Iterator[None]:
                     if not _TF_NOISE.search(ln)]
             sys.stderr.write("".join(kept))
             sys.stderr.flush()
-
-
-def import_tensorflow_quietly() -> None:
-    """Import TF with its start-up notices filtered out of stderr; every other line is kept."""
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    with tf_noise_filtered():
-        import tensorflow  # noqa: F401
