@@ -213,20 +213,65 @@ def run_memory(framework: str, args: argparse.Namespace) -> dict[str, Any]:
 SUITES = {"speed": run_speed, "scaling": run_scaling, "memory": run_memory}
 
 
+def _int_at_least(low: int) -> Any:
+    def parse_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse_int
+
+
+def _int_list_at_least(low: int) -> Any:
+    """A comma list of integers >= ``low``, kept as the text given (it is echoed in the results)."""
+
+    def parse_list(text: str) -> str:
+        parts = [t.strip() for t in text.split(",")]
+        try:
+            values = [int(t) for t in parts]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list of integers >= {low}, got {text!r}") from None
+        if any(v < low for v in values):
+            raise argparse.ArgumentTypeError(f"every value must be >= {low}, got {text!r}")
+        return ",".join(parts)
+
+    return parse_list
+
+
+def _suites(text: str) -> str:
+    names = [t.strip() for t in text.split(",")]
+    unknown = [n for n in names if n not in SUITES and n != "all"]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown suite(s) {unknown}; expected a comma list of {sorted(SUITES)} or all")
+    return ",".join(names)
+
+
+def _memory_child(text: str) -> str:
+    framework, _, method = text.partition(":")
+    if framework not in FRAMEWORKS or method not in all_methods():
+        raise argparse.ArgumentTypeError(f"expected FRAMEWORK:METHOD, got {text!r}")
+    return text
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The flags; a bad value is an argparse error naming its flag (exit status 2)."""
     p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--framework", default="all", choices=[*FRAMEWORKS, "all"])
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    p.add_argument("--suite", default="speed", help="comma list of speed, scaling, memory (or all)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls of every step first")
-    p.add_argument("--width", type=int, default=128, help="critic channels (the paper's 128)")
-    p.add_argument("--batch", type=int, default=64, help="real (and fake) samples per step")
-    p.add_argument("--batches", default="16,32,64,128", help="scaling: batch sizes per side")
-    p.add_argument("--powers", default="0,1,2,3", help="scaling: power iterations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suite", default="speed", type=_suites, help="comma list of speed, scaling, memory (or all)")
+    p.add_argument("--repeats", type=_int_at_least(1), default=5, help="timed rounds (median reported)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=1, help="untimed calls of every step first")
+    p.add_argument("--width", type=_int_at_least(1), default=128, help="critic channels (the paper's 128)")
+    p.add_argument("--batch", type=_int_at_least(1), default=64, help="real (and fake) samples per step")
+    p.add_argument("--batches", type=_int_list_at_least(1), default="16,32,64,128", help="scaling: batch sizes per side")
+    p.add_argument("--powers", type=_int_list_at_least(0), default="0,1,2,3", help="scaling: power iterations")
+    p.add_argument("--seed", type=_int_at_least(0), default=0)
     p.add_argument("--out", action="append", default=[], help="write markdown (.md) or JSON (.json) results here (repeatable)")
-    p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--memory-child", type=_memory_child, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -237,10 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         framework, name = args.memory_child.split(":")
         print(json.dumps(memory_child(framework, name, args)))
         return {}
-    suites = list(SUITES) if args.suite == "all" else [s.strip() for s in args.suite.split(",")]
-    unknown = [s for s in suites if s not in SUITES]
-    if unknown:
-        raise SystemExit(f"unknown suite(s) {unknown}; expected {sorted(SUITES)} or all")
+    suites = list(SUITES) if "all" in args.suite.split(",") else args.suite.split(",")
     frameworks = FRAMEWORKS if args.framework == "all" else (args.framework,)
     command = "python -m bench.speed " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Command: `{command}`\n\nDevice: {args.device} ({_device_name(args.device)}), "

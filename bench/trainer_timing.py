@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 # Each row's own flags on top of the preset: "valp" is the preset's VALP (paper: both batches).
 PENALTY_FLAGS = {
@@ -62,20 +63,51 @@ def fastest(framework: str, penalties: list[str], preset: str, steps: int, timeo
     return best
 
 
+FRAMEWORKS = ("torch", "tf", "jax")
+
+
+def _choices_list(allowed: tuple[str, ...]) -> Any:
+    """A comma list of names from ``allowed``, as a list; an unknown name is an argparse error."""
+
+    def parse_list(text: str) -> list[str]:
+        names = [t.strip() for t in text.split(",")]
+        unknown = [n for n in names if n not in allowed]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown name(s) {unknown}; expected a comma list of {list(allowed)}")
+        return names
+
+    return parse_list
+
+
+def _number_at_least(kind: type, low: float) -> Any:
+    def parse_number(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number >= {low}, got {text!r}") from None
+        if not value >= low:  # also refuses NaN
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    return parse_number
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--frameworks", default="torch,tf,jax")
-    p.add_argument("--penalties", default="valp,valp-half,gp")
+    p = argparse.ArgumentParser(prog="python -m bench.trainer_timing", description=__doc__.split("\n\n")[0])
+    p.add_argument("--frameworks", type=_choices_list(FRAMEWORKS), default="torch,tf,jax")
+    p.add_argument("--penalties", type=_choices_list(tuple(PENALTY_FLAGS)), default="valp,valp-half,gp")
     p.add_argument("--preset", default="paper", choices=["paper", "smoke"])
-    p.add_argument("--steps", type=int, default=40)
-    p.add_argument("--rounds", type=int, default=1, help="runs per row; the fastest counts")
-    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--steps", type=_number_at_least(int, 1), default=40)
+    p.add_argument("--rounds", type=_number_at_least(int, 1), default=1, help="runs per row; the fastest counts")
+    p.add_argument("--timeout", type=_number_at_least(float, 1.0), default=300.0, help="seconds per run")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
-    penalties = args.penalties.split(",")
+    if args.out is not None and args.out.is_dir():
+        p.error(f"argument --out: {args.out} is a directory; expected a markdown file")
+    penalties = list(args.penalties)
     lines = [f"| framework | penalty | flags (preset {args.preset}) | sec / iteration | vs valp "
              f"| wall s ({args.steps} its, incl. start-up) |", "|---|---|---|---|---|---|"]
-    for fw in args.frameworks.split(","):
+    for fw in args.frameworks:
         results = fastest(fw, penalties, args.preset, args.steps, args.timeout, args.rounds)
         base = next((r["sec_per_it"] for r in results if r["penalty"] == "valp" and "sec_per_it" in r), None)
         for r in results:

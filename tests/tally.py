@@ -9,7 +9,11 @@ from collections.abc import Iterator
 import pytest
 
 COUNTS: Counter[str] = Counter()
-KINDS = ("bad inputs", "fuzzed files", "faults injected", "runs resumed")
+KINDS = ("bad inputs", "fuzzed files", "faults injected", "runs resumed",
+         # Image modes and bit depths loaded to checked values; misuses of the run tools and
+         # benchmarks (train.plot, train.sample, bench.*); checkpoints refused for NaN/Inf
+         # weights; zip/gzip bombs refused with bounded memory.
+         "image modes checked", "tool misuses", "NaN checkpoints refused", "bombs refused")
 _reported: list[bool] = []
 
 

@@ -1160,20 +1160,10 @@ def _image_file(draw: st.DrawFn) -> tuple[str, bytes, bool]:
     return _EXT[fmt], data, not mutated and mode not in ("I", "F")
 
 
-@pytest.fixture(scope="module")
-def small_pixel_limit() -> Iterator[None]:
-    """A mutated header may declare a huge image: Pillow refuses above 2 x MAX_IMAGE_PIXELS,
-    so the fuzzing never allocates a big image."""
-    before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = 1 << 20
-    yield
-    Image.MAX_IMAGE_PIXELS = before
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow on damaged metadata
 @_FUZZ
 @given(case=_image_file())
-def test_fuzz_image_folder(fuzz_dir: Path, small_pixel_limit: None, case: tuple[str, bytes, bool]) -> None:
+def test_fuzz_image_folder(fuzz_dir: Path, case: tuple[str, bytes, bool]) -> None:
     """Random bytes and random Pillow modes (mutated or not): the folder loader either gives
     uint8 NHWC or raises DataError naming the file, never another error."""
     ext, data, must_load = case
@@ -1183,6 +1173,9 @@ def test_fuzz_image_folder(fuzz_dir: Path, small_pixel_limit: None, case: tuple[
     path = folder / f"image{ext}"
     path.write_bytes(data)
     record("fuzzed files")
+    # A mutated header may declare a huge image: Pillow refuses one above 2 x MAX_IMAGE_PIXELS,
+    # so a low limit keeps the fuzzing from allocating big images.
+    before, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, 1 << 20
     try:
         images = tdata.load_image_folder(folder)
     except tdata.DataError as e:
@@ -1190,6 +1183,8 @@ def test_fuzz_image_folder(fuzz_dir: Path, small_pixel_limit: None, case: tuple[
         assert not must_load, f"an intact image was refused: {e}"
     else:
         assert images.dtype == np.uint8 and images.shape == (1, 32, 32, 3)
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 # ============================================================================ frameworks

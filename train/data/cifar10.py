@@ -3,6 +3,7 @@ restricted unpickler that only rebuilds the arrays and lists a batch file holds.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -183,27 +184,95 @@ def find_cifar10(path: str | os.PathLike[str]) -> tuple[str, Path] | None:
 
 _TAR_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "directory"}
 
+# An official batch file is 10000 images x 3072 bytes plus labels and names (31 MB): twice that
+# bounds what one file may hold, so a decompression bomb is refused by its declared size
+# instead of being read into memory. The official archive holds 8 members (178 MB unpacked).
+MAX_BATCH_BYTES = 64 << 20
+_ARCHIVE_MEMBERS = 8
 
-def _read_archive_members(archive: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+
+def _too_big(what: str, size: int, cap: int) -> DataError:
+    return DataError(f"{what} holds {size / 2**20:.1f} MiB, more than the {cap / 2**20:.1f} MiB a CIFAR-10 batch "
+                     "file may hold; refusing to read it (a corrupt file or a decompression bomb)")
+
+
+class _CappedGzip:
+    """The decompressed stream of a .gz for tarfile, refusing to go past ``cap`` bytes in total
+    or to read more than ``max_read`` at once: tarfile reads a member, and also a pax or GNU
+    long-name header, in one read of its declared size."""
+
+    def __init__(self, path: Path, cap: int, max_read: int) -> None:
+        self.name = str(path)
+        self._gz = gzip.open(path, "rb")
+        self._cap, self._max_read = cap, max_read
+
+    def _refuse(self, at: int) -> DataError:
+        return DataError(f"archive {self.name} decompresses to more than {self._cap / 2**20:.0f} MiB "
+                         f"(reached {at / 2**20:.0f} MiB; the official one holds 178 MB); refusing to read "
+                         "further (a corrupt file or a decompression bomb)")
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            raise ValueError("_CappedGzip reads a given number of bytes only")
+        if n > self._max_read:
+            raise _too_big(f"archive {self.name} entry at byte {self._gz.tell()}", n, self._max_read)
+        if self._gz.tell() + n > self._cap:
+            raise self._refuse(self._gz.tell() + n)
+        return self._gz.read(n)
+
+    def read_to_end(self) -> None:
+        """Decompress the rest (gzip checks its CRC-32 only there), within the cap."""
+        while (room := self._cap - self._gz.tell()) > 0:
+            if not self.read(min(1 << 20, self._max_read, room)):
+                return
+        if self._gz.read(1):
+            raise self._refuse(self._gz.tell())
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset + (self._gz.tell() if whence == io.SEEK_CUR else 0)
+        if whence == io.SEEK_END or target > self._cap:
+            raise self._refuse(target)
+        return self._gz.seek(target)  # forward: decompressed and discarded in chunks
+
+    def tell(self) -> int:
+        return self._gz.tell()
+
+    def close(self) -> None:
+        self._gz.close()
+
+    def __enter__(self) -> _CappedGzip:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_archive_members(archive: Path, names: tuple[str, ...], max_member_bytes: int) -> dict[str, bytes]:
+    """The members ``names`` of a CIFAR-10 .tar.gz, decompressed as a stream with a cap: a
+    member's declared size, any single read and the total are bounded before memory is used."""
+    wanted = {f"{CIFAR10_FOLDER}/{n}": n for n in names}
+    stream = _CappedGzip(archive, _ARCHIVE_MEMBERS * max_member_bytes, max_member_bytes + tarfile.BLOCKSIZE)
     out: dict[str, bytes] = {}
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for name in names:
-                member_name = f"{CIFAR10_FOLDER}/{name}"
-                try:
-                    member = tar.getmember(member_name)
-                except KeyError:
-                    raise DataError(f"archive {archive} has no member {member_name!r}") from None
+        with stream, tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[arg-type]
+            for member in tar:  # one header at a time (getmember would first read them all)
+                if member.size > max_member_bytes:
+                    raise _too_big(f"archive {archive} member {member.name!r}", member.size, max_member_bytes)
+                name = wanted.get(member.name)
+                if name is None:
+                    continue
                 # A link is refused, not followed: it could name any member (or none).
                 fobj = tar.extractfile(member) if member.isreg() else None
                 if fobj is None:
-                    raise DataError(f"archive {archive} member {member_name!r} is not a regular file "
+                    raise DataError(f"archive {archive} member {member.name!r} is not a regular file "
                                     f"(it is a {_TAR_KINDS.get(member.type, 'special file')})")
-                out[name] = fobj.read()
+                out[name] = fobj.read()  # of equally named members the last wins, as in getmember
+            for member_name, name in wanted.items():
+                if name not in out:
+                    raise DataError(f"archive {archive} has no member {member_name!r}")
             # gzip checks its CRC-32 only at the end of the stream, which tarfile may never reach:
             # read to the end, so a damaged archive cannot yield silently altered images.
-            while tar.fileobj.read(1 << 20):
-                pass
+            stream.read_to_end()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"archive {archive} is corrupt or truncated ({type(e).__name__}: {e})") from e
     return out
@@ -256,6 +325,7 @@ def load_cifar10(
     download: bool = True,
     connect_timeout: float = 3.0,
     return_labels: bool = False,
+    max_member_bytes: int = MAX_BATCH_BYTES,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10 as uint8 (N, 32, 32, 3).
 
@@ -263,7 +333,9 @@ def load_cifar10(
     extracted ``cifar-10-batches-py`` folder, or a directory holding either. Checksums are
     verified before anything is decoded (``checksums=None`` skips that, for custom data).
     When nothing is found and ``download`` is set, the official archive is downloaded into
-    that directory only if a short connection check succeeds.
+    that directory only if a short connection check succeeds. A batch file larger than
+    ``max_member_bytes`` (declared in the archive, or on disk) is refused before it is read,
+    and so is an archive decompressing to more than 8 times that.
     """
     names = _cifar_files(split)
     root = Path(path if path is not None else os.environ.get(CIFAR10_ENV) or default_cache_dir()).expanduser()
@@ -285,7 +357,7 @@ def load_cifar10(
     if kind == "archive":
         if checksums is not None:
             _check_md5(f"archive {location}", md5_file(location), checksums.archive)
-        raw = _read_archive_members(location, names)
+        raw = _read_archive_members(location, names, max_member_bytes)
         sources = {n: f"{location}:{CIFAR10_FOLDER}/{n}" for n in names}
     else:
         raw, sources = {}, {}
@@ -293,6 +365,8 @@ def load_cifar10(
             f = location / n
             if not f.is_file():
                 raise DataNotFoundError(f"CIFAR-10 folder {location} lacks {n}; " + _missing_message(location, sums, ""))
+            if f.stat().st_size > max_member_bytes:
+                raise _too_big(str(f), f.stat().st_size, max_member_bytes)
             raw[n], sources[n] = f.read_bytes(), str(f)
     if checksums is not None:
         for n in names:

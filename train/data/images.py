@@ -4,8 +4,8 @@ name, and the conversions between uint8 images and the models' [-1, 1] range."""
 from __future__ import annotations
 
 import os
-import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,10 +17,50 @@ from train.data.errors import DataError, DataNotFoundError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
+def _sixteen_bit(im: Any, source: Path) -> bool:
+    """Whether an integer-mode image holds 16-bit samples (False: not an integer mode).
+
+    Pillow opens 16-bit grayscale as ``I;16*``, or as ``I`` whose raw mode says 16 bits; PPM
+    samples wider than 8 bits are scaled to 0..65535. Other ``I`` images (32-bit TIFF) and
+    float ``F`` images have no fixed range, so they are refused rather than guessed."""
+    if im.mode.startswith("I;16"):
+        return True
+    if im.mode not in ("I", "F"):
+        return False
+    rawmodes = [t.args[0] if isinstance(t.args, tuple) else t.args for t in im.tile]
+    if im.mode == "I" and (im.format == "PPM" or (rawmodes and all("16" in str(r) for r in rawmodes))):
+        return True
+    raw = f", raw mode {rawmodes[0]}" if rawmodes else ""
+    raise DataError(f"image {source} has {'32-bit float' if im.mode == 'F' else '32-bit integer'} pixels "
+                    f"(mode {im.mode}{raw}) with no fixed range; convert it to 8 or 16 bits per sample")
+
+
+def _to_rgb8(im: Any, sixteen_bit: bool) -> Any:
+    """Any Pillow mode -> 8-bit RGB. 16-bit samples keep their high byte (``v >> 8``), as
+    Pillow's own decoder does for 16-bit RGB/RGBA/LA PNGs; alpha is dropped (the colour as
+    stored is kept, like torchvision's loader); palettes are resolved; 1-bit is 0/255."""
+    from PIL import Image
+
+    if sixteen_bit:
+        wide = np.asarray(im).astype(np.int64)  # I;16 (any byte order) or I
+        gray = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    return im.convert("RGB")
+
+
+# Pillow's decoders raise many exception types on damaged or hostile files (OSError,
+# ValueError, SyntaxError, struct.error, IndexError, ...): every one means "cannot read it".
+_DECODE_ERRORS = (Exception,)
+
+
 def load_image_folder(path: str | os.PathLike[str], *, size: int = 32, max_images: int | None = None) -> np.ndarray:
     """All images under ``path`` (recursive, sorted), center-cropped to square and resized
-    to ``size`` x ``size`` RGB, as uint8 (N, size, size, 3)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    to ``size`` x ``size`` RGB, as uint8 (N, size, size, 3).
+
+    Every Pillow mode is scaled by its bit depth (see :func:`_to_rgb8`): 1-bit 0/1 -> 0/255,
+    2- and 4-bit grayscale as Pillow scales them, 16-bit ``v -> v >> 8``; alpha is dropped.
+    A file that cannot be read raises :class:`DataError` naming it."""
+    from PIL import Image, ImageOps
 
     root = Path(path).expanduser()
     if root.exists() and not root.is_dir():
@@ -36,12 +76,17 @@ def load_image_folder(path: str | os.PathLike[str], *, size: int = 32, max_image
     for i, f in enumerate(files):
         try:
             with Image.open(f) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                fitted = ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+                # The bit depth from the raw mode (gone once the pixels are loaded), then the
+                # orientation (from the original's EXIF), then the conversion.
+                sixteen_bit = _sixteen_bit(im, f)
+                rgb = _to_rgb8(ImageOps.exif_transpose(im), sixteen_bit)
+                fitted = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC, centering=(0.5, 0.5))
                 out[i] = np.asarray(fitted, dtype=np.uint8)
+        except DataError:
+            raise
         except Image.DecompressionBombError as e:
             raise DataError(f"refusing image {f}: {e}") from e
-        except (UnidentifiedImageError, OSError, ValueError, EOFError, SyntaxError, struct.error) as e:
+        except _DECODE_ERRORS as e:
             raise DataError(f"cannot read image {f} ({type(e).__name__}: {e})") from e
     return out
 

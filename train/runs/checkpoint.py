@@ -175,31 +175,125 @@ def save_checkpoint(
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, zlib.error, KeyError,
                 NotImplementedError, RuntimeError, MemoryError, OverflowError, struct.error)
 
+# The most a checkpoint may decompress to, unless a caller allows more: the paper's ResNet
+# WGAN (generator, critic, EMA and both Adam states) is 77 MiB, so 1 GiB leaves room
+# while a zip bomb (a member declaring gigabytes of zeros) is refused before it is inflated.
+MAX_CHECKPOINT_BYTES = 1 << 30
+_NPY_MAGIC = b"\x93NUMPY"
 
-def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+
+def available_memory() -> int | None:
+    """Bytes the system can still hand out without swapping (MemAvailable); None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _check_declared_sizes(p: Path, infos: list[zipfile.ZipInfo], max_bytes: int | None) -> None:
+    """Refuse from the zip directory alone (nothing inflated yet) a checkpoint whose members
+    declare more bytes than ``max_bytes`` or than the memory left."""
+    total = sum(i.file_size for i in infos)
+    largest = max(infos, key=lambda i: i.file_size, default=None)
+    limits = [(max_bytes, "the checkpoint size limit")] if max_bytes is not None else []
+    free = available_memory()
+    if free is not None:
+        limits.append((free, "the memory available"))
+    for cap, what in limits:
+        if total > cap:
+            biggest = f" (member {largest.filename!r}: {_mib(largest.file_size)})" if largest is not None else ""
+            raise CheckpointError(
+                f"checkpoint {p} declares {_mib(total)} of arrays{biggest}, more than {what} ({_mib(cap)}); "
+                "refusing to decompress it (a damaged or hostile file). It was left untouched."
+            )
+
+
+def _read_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> np.ndarray:
+    """One .npy member, its header checked against the member's declared size first (so the
+    array allocated is never larger than what the zip directory declared and the cap allowed)."""
+    fmt = np.lib.format
+    with zf.open(info) as member:
+        if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
+            raise CheckpointError(
+                f"checkpoint {p} member {key!r} is not a NumPy .npy array; "
+                "not a valr checkpoint, or a tampered one. It was left untouched."
+            )
+        member.seek(0)
+        version = fmt.read_magic(member)
+        header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = header(member)
+        if dtype.hasobject:
+            raise CheckpointError(f"checkpoint {p} member {key!r} has object dtype (it would need pickle); "
+                                  "not a valr checkpoint. It was left untouched.")
+        nbytes = dtype.itemsize
+        for n in shape:
+            nbytes *= int(n)
+        if member.tell() + nbytes != info.file_size:
+            raise CheckpointError(
+                f"checkpoint {p} member {key!r} declares shape {tuple(shape)} {dtype} ({nbytes} bytes) but holds "
+                f"{info.file_size - member.tell()} bytes; corrupt or tampered. It was left untouched."
+            )
+        member.seek(0)
+        arr = fmt.read_array(member, allow_pickle=False)
+        if member.read(1):  # at the end: zipfile has verified the member's CRC-32
+            raise CheckpointError(f"checkpoint {p} member {key!r} has data after its array; corrupt or tampered")
+    return arr
+
+
+def first_nonfinite(arrays: Mapping[str, np.ndarray]) -> tuple[str, int] | None:
+    """(key, count) of the first float/complex array holding NaN or Inf; None if all are finite."""
+    for key, arr in arrays.items():
+        if arr.dtype.kind in "fc":
+            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                return key, bad
+    return None
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, max_bytes: int | None = MAX_CHECKPOINT_BYTES, allow_nonfinite: bool = False
+) -> Checkpoint:
     """Read a checkpoint; any corruption raises :class:`CheckpointError` naming the file.
 
-    The file is never modified or removed here.
+    Members may declare at most ``max_bytes`` in total (None: no limit but the free memory),
+    checked before anything is decompressed. An array holding NaN/Inf is refused (a diverged
+    run; the trainers never write one) unless ``allow_nonfinite``. The file is never modified
+    or removed here.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} does not exist")
+    arrays: dict[str, np.ndarray] = {}
     try:
-        with np.load(p, allow_pickle=False) as z:
-            # Reading every member fully makes zipfile verify each CRC-32.
-            arrays = {k: z[k] for k in z.files}
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+            _check_declared_sizes(p, infos, max_bytes)
+            for info in infos:
+                # np.savez's naming: member "<key>.npy".
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if key in arrays:
+                    raise CheckpointError(f"checkpoint {p} holds member {key!r} twice; tampered. "
+                                          "It was left untouched.")
+                # Reading every member fully makes zipfile verify each CRC-32.
+                arrays[key] = _read_member(p, zf, info, key)
+    except CheckpointError:
+        raise
     except _READ_ERRORS as e:
         raise CheckpointError(
             f"checkpoint {p} is corrupt or truncated ({type(e).__name__}: {e}). "
             "It was left untouched; move it aside to resume from an older checkpoint."
         ) from e
-    for key, value in arrays.items():
-        # np.load hands back a member without the .npy header (e.g. raw pickle bytes) as bytes.
-        if not isinstance(value, np.ndarray):
-            raise CheckpointError(
-                f"checkpoint {p} member {key!r} is not a NumPy .npy array ({type(value).__name__}); "
-                "not a valr checkpoint, or a tampered one. It was left untouched."
-            )
     raw = arrays.pop(METADATA_KEY, None)
     if raw is None:
         raise CheckpointError(f"checkpoint {p} has no metadata member {METADATA_KEY!r}; not a valr checkpoint")
@@ -216,6 +310,14 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {p} has format_version {version!r}; this code reads format_version {FORMAT_VERSION}"
+        )
+    bad = None if allow_nonfinite else first_nonfinite(arrays)
+    if bad is not None:
+        key, count = bad
+        raise CheckpointError(
+            f"checkpoint {p} array {key!r} contains NaN/Inf ({count} of {arrays[key].size} values); "
+            "refusing to load it (the run had diverged, or the file was altered). It was left untouched; "
+            "use an older checkpoint."
         )
     step = metadata.get("step")
     return Checkpoint(arrays=arrays, metadata=metadata, path=p, step=step if isinstance(step, int) else None)
@@ -440,6 +542,7 @@ def _jsonish(value: Any) -> Any:
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_CHECKPOINT_BYTES",
     "Checkpoint",
     "CheckpointError",
     "CheckpointManager",
@@ -447,6 +550,8 @@ __all__ = [
     "array_to_json",
     "atomic_open",
     "atomic_write_bytes",
+    "available_memory",
+    "first_nonfinite",
     "json_to_array",
     "latest_checkpoint_path",
     "is_checkpoint",

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from train.runs.checkpoint import atomic_open
 from train.data import to_uint8
+from train.runs.checkpoint import atomic_open
 
 # ----------------------------------------------------------------------------- metrics files
 
