@@ -26,11 +26,9 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from train.config import ConfigError
-from train.tf_quiet import import_tensorflow_quietly
+import tensorflow as tf
 
-import_tensorflow_quietly()
-import tensorflow as tf  # noqa: E402
+from train.config import ConfigError
 
 DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 
