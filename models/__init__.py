@@ -26,7 +26,9 @@ def critic_fn(framework: str, model_or_variables: Any) -> Callable[[Any], Any]:
 
     torch: an ``nn.Module`` (NCHW input); tf: a ``keras.Model`` (NHWC); jax: ``(module,
     variables)`` or just the variables dict (NHWC; the width is read from the kernels). The
-    JAX callable is pure: it closes over the variables and is safe under jit/grad.
+    JAX callable is pure: it closes over the variables and is safe under jit/grad. The tf and jax
+    callables never advance a spectrally normalised critic's power iteration (``training=False``,
+    ``train=False``); the torch one is the module itself, which does in training mode.
     """
     if framework == "torch":
         return model_or_variables
@@ -44,6 +46,7 @@ def critic_fn(framework: str, model_or_variables: Any) -> Callable[[Any], Any]:
             cfg = spec.ResNetConfig(
                 critic_channels=kernel.shape[-1], image_channels=kernel.shape[-2]
             )
-            module = jr.Critic(cfg)
-        return lambda x: module.apply(variables, x)
+            # A critic has batch_stats only from spectral normalisation (flax SpectralNorm's u, sigma).
+            module = jr.Critic(cfg, norm="spectral" if variables.get("batch_stats") else "none")
+        return lambda x: module.apply(variables, x)  # train=False: SN's u, sigma are not updated
     raise ValueError(f"unknown framework {framework!r}; expected torch, tf or jax")

@@ -8,8 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from .jax_resnet import _GLOROT, _HE, _bn, _conv, _up
-from .spec import ResNetConfig
+from .jax_resnet import _GLOROT, _HE, _bn, _conv, _normed, _up
+from .spec import ResNetConfig, check_norm
 
 
 class Generator(nn.Module):
@@ -29,18 +29,21 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """images (N, 32, 32, 3) -> scores (N, 1); no normalisation, so ``train`` is ignored."""
+    """images (N, 32, 32, 3) -> scores (N, 1). ``norm``: as ``models.jax_resnet.Critic`` (with
+    "none" ``train`` is ignored; "spectral" wraps the three convs and the dense layer)."""
 
     cfg: ResNetConfig = ResNetConfig(arch="dcgan")
+    norm: str = "none"
     kind = "critic"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = self.cfg.critic_channels
+        c, norm = self.cfg.critic_channels, check_norm(self.norm)
         h = x
         for i, width in enumerate((c, 2 * c, 4 * c), start=1):
             # Explicit (1, 1) padding: torch's padding=1 (SAME would pad (0, 1) at stride 2).
-            h = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), kernel_init=_HE,
-                        name=f"conv{i}")(h)
-            h = nn.leaky_relu(h, 0.2)
-        return nn.Dense(1, kernel_init=_GLOROT, name="dense")(h.reshape(h.shape[0], -1))
+            conv = nn.Conv(width, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                           kernel_init=_HE, name=f"conv{i}")
+            h = nn.leaky_relu(_normed(conv, norm, train)(h), 0.2)
+        dense = _normed(nn.Dense(1, kernel_init=_GLOROT, name="dense"), norm, train)
+        return dense(h.reshape(h.shape[0], -1))

@@ -101,6 +101,27 @@ def dcgan_critic_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
 
 
 ARCHS = ("resnet", "dcgan")
+# The critics' ``norm`` constructor argument. "spectral": every conv and dense layer of the critic,
+# the final dense included, spectrally normalised (Miyato et al. 2018, SN-GAN) by the framework's
+# own implementation; parameters and their canonical names stay those of "none", and the
+# power-iteration state is extra (torch buffers ``_u``/``_v``, Keras ``vector_u``, flax
+# ``batch_stats`` u/sigma).
+CRITIC_NORMS = ("none", "spectral")
+
+
+def check_norm(norm: str) -> str:
+    if norm not in CRITIC_NORMS:
+        raise ValueError(f"unknown critic norm {norm!r}; expected one of {CRITIC_NORMS}")
+    return norm
+
+
+def refuse_spectral(norm: str, what: str) -> None:
+    """Canonical conversion carries parameters only: refuse a spectrally normalised critic."""
+    if norm != "none":
+        raise ValueError(
+            f"{what}: a critic with norm={norm!r} cannot be converted between frameworks (each "
+            "framework's spectral normalisation keeps its own power-iteration state)"
+        )
 
 
 def param_table(kind: str, cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from .spec import ResNetConfig
-from .tf_resnet import _HE, _bn, _conv, _tag, _up
+from .spec import ResNetConfig, check_norm
+from .tf_resnet import _HE, _bn, _conv, _sn, _tag, _up
 
 
 def build_generator(cfg: ResNetConfig) -> keras.Model:
@@ -22,15 +22,17 @@ def build_generator(cfg: ResNetConfig) -> keras.Model:
     return _tag(keras.Model(z, x, name="generator"), "generator", cfg)
 
 
-def build_critic(cfg: ResNetConfig) -> keras.Model:
-    """images (N, 32, 32, 3) -> scores (N, 1); no normalisation."""
+def build_critic(cfg: ResNetConfig, norm: str = "none") -> keras.Model:
+    """images (N, 32, 32, 3) -> scores (N, 1); ``norm="spectral"`` wraps the three convs and the
+    dense layer in Keras' SpectralNormalization (``models.tf_resnet._sn``)."""
+    check_norm(norm)
     c = cfg.critic_channels
     x = keras.Input((cfg.image_size, cfg.image_size, cfg.image_channels), name="x")
     h = x
     for i, width in enumerate((c, 2 * c, 4 * c), start=1):
         h = layers.ZeroPadding2D(1)(h)  # torch's padding=1 ("same" would pad (0, 1) at stride 2)
-        h = layers.Conv2D(width, 3, strides=2, padding="valid", name=f"conv{i}",
-                          kernel_initializer=keras.initializers.VarianceScaling(**_HE))(h)
-        h = layers.LeakyReLU(0.2)(h)
-    y = layers.Dense(1, name="dense")(layers.Flatten()(h))
-    return _tag(keras.Model(x, y, name="critic"), "critic", cfg)
+        conv = layers.Conv2D(width, 3, strides=2, padding="valid", name=f"conv{i}",
+                             kernel_initializer=keras.initializers.VarianceScaling(**_HE))
+        h = layers.LeakyReLU(0.2)(_sn(conv, norm)(h))
+    y = _sn(layers.Dense(1, name="dense"), norm)(layers.Flatten()(h))
+    return _tag(keras.Model(x, y, name="critic"), "critic", cfg, norm)

@@ -20,8 +20,10 @@ from .spec import (  # noqa: E402
     BN_EPS,
     BN_MOMENTUM,
     ResNetConfig,
+    check_norm,
     check_params,
     param_table,
+    refuse_spectral,
 )
 
 if keras.backend.backend() != "tensorflow":
@@ -38,6 +40,14 @@ def _conv(c: int, k: int, he: bool, name: str) -> layers.Conv2D:
     return layers.Conv2D(c, k, padding="same", kernel_initializer=init, name=name)
 
 
+def _sn(layer: layers.Layer, norm: str) -> layers.Layer:
+    """``layer``, or Keras' SpectralNormalization around it under the same name (so
+    ``model.get_layer(name)`` finds the wrapper). The wrapper keeps u in a non-trainable
+    ``vector_u`` (1, out) and, in a call with ``training=True`` only, takes one power-iteration
+    step and assigns kernel / sigma to the kernel variable itself."""
+    return layer if norm == "none" else layers.SpectralNormalization(layer, name=layer.name)
+
+
 def _bn(name: str) -> layers.BatchNormalization:
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)
 
@@ -50,9 +60,9 @@ def _pool(x):
     return layers.AveragePooling2D(2)(x)
 
 
-def _tag(model: keras.Model, kind: str, cfg: ResNetConfig) -> keras.Model:
+def _tag(model: keras.Model, kind: str, cfg: ResNetConfig, norm: str = "none") -> keras.Model:
     # Conversion needs to know what a model is; plain attributes survive on Functional models.
-    model.valr_kind, model.valr_cfg = kind, cfg
+    model.valr_kind, model.valr_cfg, model.valr_norm = kind, cfg, norm
     return model
 
 
@@ -73,23 +83,28 @@ def build_generator(cfg: ResNetConfig | None = None) -> keras.Model:
     return _tag(keras.Model(z, x, name="generator"), "generator", cfg)
 
 
-def build_critic(cfg: ResNetConfig | None = None) -> keras.Model:
-    """images (N, 32, 32, 3) -> scores (N, 1); no normalisation."""
-    cfg = cfg or ResNetConfig()
+def build_critic(cfg: ResNetConfig | None = None, norm: str = "none") -> keras.Model:
+    """images (N, 32, 32, 3) -> scores (N, 1); ``norm`` in ``models.spec.CRITIC_NORMS``
+    ("spectral": every conv and the dense layer wrapped, see ``_sn``)."""
+    cfg, norm = cfg or ResNetConfig(), check_norm(norm)
     c = cfg.critic_channels
+
+    def conv(k: int, he: bool, name: str) -> layers.Layer:
+        return _sn(_conv(c, k, he, name), norm)
+
     x = keras.Input((cfg.image_size, cfg.image_size, cfg.image_channels), name="x")
     # block1 (optimised): conv, ReLU, conv, pool; shortcut pool then 1x1 conv.
-    r = _conv(c, 3, True, "block1.conv2")(layers.ReLU()(_conv(c, 3, True, "block1.conv1")(x)))
-    h = layers.Add()([_conv(c, 1, False, "block1.shortcut")(_pool(x)), _pool(r)])
+    r = conv(3, True, "block1.conv2")(layers.ReLU()(conv(3, True, "block1.conv1")(x)))
+    h = layers.Add()([conv(1, False, "block1.shortcut")(_pool(x)), _pool(r)])
     for i, down in ((2, True), (3, False), (4, False)):
         b = f"block{i}"
-        r = _conv(c, 3, True, f"{b}.conv1")(layers.ReLU()(h))
-        r = _conv(c, 3, True, f"{b}.conv2")(layers.ReLU()(r))
-        short = _conv(c, 1, False, f"{b}.shortcut")(_pool(h)) if down else h
+        r = conv(3, True, f"{b}.conv1")(layers.ReLU()(h))
+        r = conv(3, True, f"{b}.conv2")(layers.ReLU()(r))
+        short = conv(1, False, f"{b}.shortcut")(_pool(h)) if down else h
         h = layers.Add()([short, _pool(r) if down else r])
     h = layers.GlobalAveragePooling2D()(layers.ReLU()(h))
-    y = layers.Dense(1, name="dense")(h)
-    return _tag(keras.Model(x, y, name="critic"), "critic", cfg)
+    y = _sn(layers.Dense(1, name="dense"), norm)(h)
+    return _tag(keras.Model(x, y, name="critic"), "critic", cfg, norm)
 
 
 _LEAVES = {
@@ -101,9 +116,28 @@ _LEAVES = {
 }
 
 
+def inner_layer(model: keras.Model, layer_name: str) -> layers.Layer:
+    """The layer of canonical name ``layer_name`` (the Conv2D/Dense inside a SpectralNormalization)."""
+    layer = model.get_layer(layer_name)
+    return layer.layer if isinstance(layer, layers.SpectralNormalization) else layer
+
+
+def sn_variables(model: keras.Model) -> dict[str, keras.Variable]:
+    """``"<layer>.sn_u"`` -> that layer's SpectralNormalization ``vector_u``, in the canonical
+    table's order; empty for ``norm="none"``. This is the state beyond the canonical table that a
+    checkpoint must hold."""
+    out = {}
+    for name in _table(model):
+        layer_name, leaf = name.rsplit(".", 1)
+        layer = model.get_layer(layer_name)
+        if leaf == "kernel" and isinstance(layer, layers.SpectralNormalization):
+            out[f"{layer_name}.sn_u"] = layer.vector_u
+    return out
+
+
 def _variable(model: keras.Model, name: str):
     layer_name, leaf = name.rsplit(".", 1)
-    layer = model.get_layer(layer_name)
+    layer = inner_layer(model, layer_name)
     attr = (
         "beta" if leaf == "bias" and isinstance(layer, layers.BatchNormalization) else _LEAVES[leaf]
     )
@@ -115,6 +149,7 @@ def _table(model: keras.Model) -> dict[str, tuple[int, ...]]:
 
 
 def to_canonical(model: keras.Model) -> dict[str, np.ndarray]:
+    refuse_spectral(getattr(model, "valr_norm", "none"), f"tf {model.valr_kind}")
     return {
         name: np.array(_variable(model, name).numpy(), dtype=np.float32) for name in _table(model)
     }
@@ -122,6 +157,7 @@ def to_canonical(model: keras.Model) -> dict[str, np.ndarray]:
 
 def from_canonical(model: keras.Model, params: Mapping[str, np.ndarray]) -> keras.Model:
     """Assign canonical ``params`` to ``model`` in place (shapes checked first)."""
+    refuse_spectral(getattr(model, "valr_norm", "none"), f"tf {model.valr_kind}")
     table = _table(model)
     check_params(params, table, f"tf {model.valr_kind}")
     for name in table:

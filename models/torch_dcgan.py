@@ -2,7 +2,8 @@
 
 Generator: dense to 4x4x(4C), then three (nearest 2x up-sampling, 3x3 conv, BatchNorm, ReLU)
 stages halving the width, the last conv to 3 channels and tanh. Critic: three stride-2 3x3
-convs (C, 2C, 4C) with LeakyReLU(0.2), no normalisation, dense to 1. Canonical names are those
+convs (C, 2C, 4C) with LeakyReLU(0.2), dense to 1; ``norm="spectral"`` spectrally normalises all
+four layers (``models.torch_resnet.spectral_normalize``), "none" none. Canonical names are those
 of ``models.spec.dcgan_*_table``; init as the ResNet's (``models.torch_resnet``).
 """
 
@@ -12,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .spec import ResNetConfig
-from .torch_resnet import _bn, _conv, _dense
+from .spec import ResNetConfig, check_norm
+from .torch_resnet import _bn, _conv, _dense, spectral_normalize
 
 
 class Generator(nn.Module):
@@ -43,9 +44,10 @@ class Critic(nn.Module):
 
     kind = "critic"
 
-    def __init__(self, cfg: ResNetConfig) -> None:
+    def __init__(self, cfg: ResNetConfig, norm: str = "none") -> None:
         super().__init__()
         self.cfg = cfg
+        self.norm = check_norm(norm)
         c = cfg.critic_channels
         self.conv1 = nn.Conv2d(cfg.image_channels, c, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
@@ -55,6 +57,8 @@ class Critic(nn.Module):
             conv.weight.data.copy_(ref.weight.data)
             nn.init.zeros_(conv.bias)
         self.dense = _dense(cfg.base_size**2 * 4 * c, 1)
+        if norm == "spectral":
+            spectral_normalize(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.conv1(x), 0.2)

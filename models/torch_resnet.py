@@ -9,8 +9,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
-from .spec import BN_EPS, BN_MOMENTUM, ResNetConfig, check_params, param_table
+from .spec import (
+    BN_EPS,
+    BN_MOMENTUM,
+    ResNetConfig,
+    check_norm,
+    check_params,
+    param_table,
+    refuse_spectral,
+)
 
 
 def _conv(cin: int, cout: int, k: int, he: bool) -> nn.Conv2d:
@@ -33,6 +42,17 @@ def _dense(cin: int, cout: int) -> nn.Linear:
 def _bn(c: int) -> nn.BatchNorm2d:
     # torch momentum is the weight of the new batch; running_var uses the unbiased variance.
     return nn.BatchNorm2d(c, eps=BN_EPS, momentum=1.0 - BN_MOMENTUM)
+
+
+def spectral_normalize(module: nn.Module) -> nn.Module:
+    """Every Conv2d and Linear below ``module`` through torch's ``spectral_norm`` parametrisation
+    (in place). Per layer, ``state_dict()`` then holds ``parametrizations.weight.original`` (the
+    parameter), and the buffers ``parametrizations.weight.0._u`` (out,) and ``._v`` (in*kh*kw,);
+    a forward pass in training mode takes one power-iteration step, in eval mode none."""
+    for sub in list(module.modules()):
+        if isinstance(sub, nn.Conv2d | nn.Linear):
+            spectral_norm(sub)  # draws u, v from the global RNG: call it after the weights' init
+    return module
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -92,19 +112,23 @@ class DownBlock(nn.Module):
 
 
 class Critic(nn.Module):
-    """images (N, 3, 32, 32) -> scores (N, 1); no normalisation."""
+    """images (N, 3, 32, 32) -> scores (N, 1); ``norm`` in ``models.spec.CRITIC_NORMS``
+    ("spectral": see :func:`spectral_normalize`)."""
 
     kind = "critic"
 
-    def __init__(self, cfg: ResNetConfig | None = None) -> None:
+    def __init__(self, cfg: ResNetConfig | None = None, norm: str = "none") -> None:
         super().__init__()
         self.cfg = cfg = cfg or ResNetConfig()
+        self.norm = check_norm(norm)
         c = cfg.critic_channels
         self.block1 = DownBlock(cfg.image_channels, c, down=True, optimized=True)
         self.block2 = DownBlock(c, c, down=True)
         self.block3 = DownBlock(c, c, down=False)
         self.block4 = DownBlock(c, c, down=False)
         self.dense = _dense(c, 1)
+        if norm == "spectral":
+            spectral_normalize(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.block4(self.block3(self.block2(self.block1(x))))
@@ -138,6 +162,7 @@ def _leaves(module: nn.Module):
 
 
 def to_canonical(module: nn.Module) -> dict[str, np.ndarray]:
+    refuse_spectral(getattr(module, "norm", "none"), f"torch {module.kind}")
     out: dict[str, np.ndarray] = {}
     for name, t, kind in _leaves(module):
         a = t.detach().cpu().numpy().astype(np.float32)
@@ -154,6 +179,7 @@ def to_canonical(module: nn.Module) -> dict[str, np.ndarray]:
 
 def from_canonical(module: nn.Module, params: Mapping[str, np.ndarray]) -> nn.Module:
     """Copy canonical ``params`` into ``module`` in place (shapes checked first)."""
+    refuse_spectral(getattr(module, "norm", "none"), f"torch {module.kind}")
     check_params(params, param_table(module.kind, module.cfg), f"torch {module.kind}")
     with torch.no_grad():
         for name, t, kind in _leaves(module):

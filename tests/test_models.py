@@ -166,6 +166,17 @@ def test_spec_counts_match_plain_python() -> None:
     assert expected_critic_params(128) == 1_053_825
 
 
+def test_critic_norms() -> None:
+    """The critics' ``norm`` values (tests/test_spectral_norm_<framework>.py test "spectral")."""
+    assert spec.CRITIC_NORMS == ("none", "spectral")
+    assert [spec.check_norm(n) for n in spec.CRITIC_NORMS] == list(spec.CRITIC_NORMS)
+    with pytest.raises(ValueError, match=r"unknown critic norm 'layer'; expected one of \('none', 'spectral'\)"):
+        spec.check_norm("layer")
+    spec.refuse_spectral("none", "x")
+    with pytest.raises(ValueError, match="^x: a critic with norm='spectral' cannot be converted between frameworks"):
+        spec.refuse_spectral("spectral", "x")
+
+
 def test_npz_round_trip(tmp_path) -> None:
     params = _random_params("generator", SMALL)
     path = tmp_path / "g.npz"
