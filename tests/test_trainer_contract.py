@@ -122,9 +122,24 @@ def test_checkpoint_key_schema(framework: str) -> None:
         assert key in arrays, key
     assert arrays[contract.MU_KEY].shape == () and arrays[contract.MU_KEY].dtype == np.float32
     prefixes = {k.split("/", 1)[0] for k in arrays}
-    assert prefixes <= set(contract.STATE_PREFIXES) | {"penalty", "rng", "gen_stats", "ema_stats"}, prefixes
+    assert prefixes <= set(contract.STATE_PREFIXES) | {"penalty", "rng", "gen_stats", "ema_stats", "critic_stats"}, prefixes
     for prefix in contract.STATE_PREFIXES:
         assert group(arrays, prefix), prefix
+
+
+def test_penalty_passes_leave_spectral_norm_state_alone(framework: str) -> None:
+    """--critic-norm spectral: after one critic step the power-iteration vectors are those of the
+    same step without a penalty: only the critic's own training pass advanced them."""
+    after = {}
+    for penalty in ("valp", "gp", "none"):
+        tr = make(framework, tiny_cfg(penalty=penalty, critic_norm="spectral"))
+        tr.critic_step(real_batch(), step=0)
+        state = tr.state_arrays()
+        after[penalty] = {k: state[k] for k in state if k.endswith(("_u", "_v", ".sn_u", "/u", "/sigma"))}
+    assert after["none"], "no spectral-norm state in the checkpoint"
+    for penalty in ("valp", "gp"):
+        for k, v in after["none"].items():
+            np.testing.assert_array_equal(after[penalty][k], v, err_msg=f"{penalty}: {k}")
 
 
 def test_seed_policy_streams_are_independent(framework: str) -> None:
@@ -187,11 +202,13 @@ def _stopping(framework: str, cfg: TrainConfig, stop_at: int) -> object:
     return type("Stopping", (base,), {"generator_step": generator_step})(cfg)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_interrupted_and_resumed_run_equals_uninterrupted(framework: str, precision: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("precision", "critic_norm"), [("fp32", "none"), ("bf16", "none"), ("fp32", "spectral")])
+def test_interrupted_and_resumed_run_equals_uninterrupted(framework: str, precision: str, critic_norm: str,
+                                                          tmp_path: Path) -> None:
     """Also the --precision bf16 path (autocast / mixed_bfloat16 / bf16 JAX params): finite
-    metrics, float32 weights and mu, and a bitwise-exact resume."""
-    kw = dict(penalty="valp", fraction=0.5, precision=precision)
+    metrics, float32 weights and mu, and a bitwise-exact resume; and --critic-norm spectral,
+    whose power-iteration vectors are checkpointed (and moved by training, not by VALP's passes)."""
+    kw = dict(penalty="valp", fraction=0.5, precision=precision, critic_norm=critic_norm)
     full = tiny_cfg(tmp_path / "full", **kw)
     assert run_training(make(framework, full), full, data=_DATA).status == "completed"
     cut = tiny_cfg(tmp_path / "cut", **kw)
@@ -216,6 +233,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(framework: str, precis
     assert all(math.isfinite(v) for r in rows("full") for v in r.values() if isinstance(v, float))
     assert all(v.dtype.itemsize >= 4 for v in a.arrays.values() if v.dtype.kind == "f")  # no bf16 weights
     assert a.arrays["trainer/" + contract.MU_KEY].dtype == np.float32
+    sn_state = [k for k in a.arrays if k.endswith(("_u", ".sn_u", "/u"))]
+    assert bool(sn_state) == (critic_norm == "spectral"), sn_state
+    if sn_state:
+        start = make(framework, full).state_arrays()
+        assert any(not np.array_equal(start[k[len("trainer/"):]], a.arrays[k]) for k in sn_state)  # it moved
 
 
 # ============================================================================ command line

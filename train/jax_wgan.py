@@ -82,6 +82,7 @@ class TrainState(NamedTuple):
     gen: Params
     gen_stats: Params
     critic: Params
+    critic_stats: Params  # SN's u, sigma (flax batch_stats); {} for critic_norm none (no leaves)
     opt_g: Any
     opt_d: Any
     ema: Params
@@ -104,6 +105,7 @@ class StepSpec:
     # constrained to; None on one device (then the traced program is the single-device one).
     batch_sharding: Any = None
     precision: str = "fp32"  # bf16: forward passes with bfloat16 params and activations
+    critic_norm: str = "none"
 
     @property
     def generator(self) -> Generator:
@@ -111,7 +113,7 @@ class StepSpec:
 
     @property
     def critic(self) -> Critic:
-        return (jax_dcgan.Critic if self.model.arch == "dcgan" else Critic)(self.model)
+        return (jax_dcgan.Critic if self.model.arch == "dcgan" else Critic)(self.model, norm=self.critic_norm)
 
     @property
     def adam(self) -> optax.GradientTransformation:
@@ -123,7 +125,7 @@ def step_spec(cfg: TrainConfig) -> StepSpec:
     model = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
                          critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=cfg.arch)
     return StepSpec(model, penalty_from_config(cfg, "jax"), cfg.gen_batch_size, cfg.beta1, cfg.beta2, cfg.ema_decay,
-                    precision=cfg.precision)
+                    precision=cfg.precision, critic_norm=cfg.critic_norm)
 
 
 def init_state(spec: StepSpec, key: jax.Array, streams: Streams) -> TrainState:
@@ -132,9 +134,10 @@ def init_state(spec: StepSpec, key: jax.Array, streams: Streams) -> TrainState:
     _, g_vars = init(spec.generator, k_gen)
     _, c_vars = init(spec.critic, k_critic)
     g_params, g_stats, c_params = g_vars["params"], g_vars["batch_stats"], c_vars["params"]
+    c_stats = c_vars.get("batch_stats", {})
     copy = jax.tree.map(jnp.array, (g_params, g_stats))  # EMA starts equal but in its own buffers
     mu = spec.penalty.init_state(jnp.zeros(()))
-    return TrainState(g_params, g_stats, c_params, spec.adam.init(g_params), spec.adam.init(c_params),
+    return TrainState(g_params, g_stats, c_params, c_stats, spec.adam.init(g_params), spec.adam.init(c_params),
                       copy[0], copy[1], mu, streams)
 
 
@@ -180,9 +183,15 @@ def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tu
     return fake.astype(jnp.float32), stats_new
 
 
-def _critic_apply(spec: StepSpec, params: Params, x: jax.Array) -> jax.Array:
-    """The critic's scores (bfloat16 under --precision bf16: valr_core's penalty handles that)."""
-    return spec.critic.apply({"params": _compute(spec, params)}, _compute(spec, x))
+def _critic_apply(spec: StepSpec, params: Params, stats: Params, x: jax.Array,
+                  train: bool = False) -> tuple[jax.Array, Params]:
+    """The critic's scores (bfloat16 under --precision bf16: valr_core's penalty handles that)
+    and its SN state: advanced one power-iteration step when ``train``, else ``stats``."""
+    variables = {"params": _compute(spec, params), "batch_stats": _compute(spec, stats)}
+    if not train or not stats:
+        return spec.critic.apply(variables, _compute(spec, x)), stats
+    y, upd = spec.critic.apply(variables, _compute(spec, x), train=True, mutable=["batch_stats"])
+    return y, jax.tree.map(lambda new, old: new.astype(old.dtype), upd["batch_stats"], stats)
 
 
 def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -194,19 +203,20 @@ def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Arra
     fake = jax.lax.stop_gradient(fake)
 
     def loss_fn(params: Params) -> tuple[jax.Array, tuple[Any, ...]]:
-        def critic(x: jax.Array) -> jax.Array:
-            return _critic_apply(spec, params, _shard(spec, x))
+        def critic(x: jax.Array) -> jax.Array:  # the penalty's passes: SN's stored u, no step
+            return _critic_apply(spec, params, state.critic_stats, _shard(spec, x))[0]
 
         # One pass over real and fake together; VALP reuses these scores (no BatchNorm in the critic).
-        scores = critic(jnp.concatenate([real, fake], axis=0)).astype(jnp.float32)
+        scores, c_stats = _critic_apply(spec, params, state.critic_stats,
+                                        _shard(spec, jnp.concatenate([real, fake], axis=0)), train=True)
         loss, metrics, out = contract.critic_objective(spec.penalty, critic, real, fake, state.rng.penalty,
-                                                       state.penalty, scores)
-        return loss, (metrics, out)
+                                                       state.penalty, scores.astype(jnp.float32))
+        return loss, (metrics, out, c_stats)
 
-    (_, (metrics, out)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
+    (_, (metrics, out, c_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
     c_params, c_opt = _adam_step(spec, grads, state.opt_d, state.critic, lr)
     mu = spec.penalty.update(state.penalty, out.constraint)
-    new = state._replace(critic=c_params, opt_d=c_opt, gen_stats=g_stats, penalty=mu,
+    new = state._replace(critic=c_params, critic_stats=c_stats, opt_d=c_opt, gen_stats=g_stats, penalty=mu,
                          rng=Streams(latents, out.rng))
     return new, contract.with_multiplier(metrics, mu)
 
@@ -216,14 +226,16 @@ def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[Tr
     latents, k_z = jax.random.split(state.rng.latents)
     z = _shard(spec, jax.random.normal(k_z, (spec.gen_batch_size, spec.model.latent_dim), jnp.float32))
 
-    def loss_fn(params: Params) -> tuple[jax.Array, Params]:
+    def loss_fn(params: Params) -> tuple[jax.Array, tuple[Params, Params]]:
         fake, g_stats = _generate(spec, params, state.gen_stats, z)
-        return contract.generator_objective(jnp, _critic_apply(spec, state.critic, fake).astype(jnp.float32)), g_stats
+        # A training pass of the critic: SN takes its power-iteration step here too (as torch/Keras).
+        scores, c_stats = _critic_apply(spec, state.critic, state.critic_stats, fake, train=True)
+        return contract.generator_objective(jnp, scores.astype(jnp.float32)), (g_stats, c_stats)
 
-    (loss, g_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.gen)
+    (loss, (g_stats, c_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.gen)
     g_params, g_opt = _adam_step(spec, grads, state.opt_g, state.gen, lr)
     new = state._replace(
-        gen=g_params, gen_stats=g_stats, opt_g=g_opt, rng=state.rng._replace(latents=latents),
+        gen=g_params, gen_stats=g_stats, critic_stats=c_stats, opt_g=g_opt, rng=state.rng._replace(latents=latents),
         ema=_ema(state.ema, g_params, spec.ema_decay),
         ema_stats=_ema(state.ema_stats, g_stats, spec.ema_decay))
     return new, {"loss": loss}
@@ -234,8 +246,8 @@ def sample_images(spec: StepSpec, ema_params: Params, ema_stats: Params, z: jax.
     return spec.generator.apply({"params": ema_params, "batch_stats": ema_stats}, z, train=False)
 
 
-def critic_scores(spec: StepSpec, params: Params, x: jax.Array) -> jax.Array:
-    return spec.critic.apply({"params": params}, x).reshape(-1)
+def critic_scores(spec: StepSpec, params: Params, stats: Params, x: jax.Array) -> jax.Array:
+    return spec.critic.apply({"params": params, "batch_stats": stats}, x).reshape(-1)
 
 
 def clip_params(params: Params, c: jax.Array) -> Params:
@@ -383,7 +395,7 @@ class JaxWGAN:
         """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
         x = jnp.asarray(images, jnp.float32)
         x = jax.device_put(x, self.device) if self.device is not None else x
-        return np.asarray(_critic_scores(self._sample_spec, self._local(self.state.critic), x))
+        return np.asarray(_critic_scores(self._sample_spec, *self._local((self.state.critic, self.state.critic_stats)), x))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         # Copies: the device buffers are donated to the next step.

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.spec import ARCHS
+from models.spec import ARCHS, CRITIC_NORMS
 from train.penalties import DATA_RANGE, PAPER_MODES, PENALTIES, PENALTY_FIELDS
 from train.seeds import MAX_SEED
 from valr_core import ValpConfig
@@ -24,7 +24,6 @@ PRESET_NAMES = ("paper", "smoke", "digits")
 DATASETS = ("cifar10", "digits", "folder")
 LR_DECAYS = ("linear", "constant")
 PRECISIONS = ("fp32", "bf16")
-CRITIC_NORMS = ("none", "spectral")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|gpu(:\d+)?|tpu(:\d+)?)$")
 
 

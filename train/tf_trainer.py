@@ -101,9 +101,12 @@ def _seeded_init(model: keras.Model, seed: int) -> None:
         layer_name, leaf = name.rsplit(".", 1)
         if leaf != "kernel":
             continue  # biases and BatchNorm start at constants
-        init = model.get_layer(layer_name).kernel_initializer
+        init = tf_resnet.inner_layer(model, layer_name).kernel_initializer  # inside SpectralNormalization too
         seeded = init.__class__.from_config({**init.get_config(), "seed": _derive_seed(seed, model.valr_kind, name)})
         var.assign(seeded(var.shape, var.dtype))
+    for name, u in tf_resnet.sn_variables(model).items():  # SN's power-iteration vectors, seeded too
+        draw = keras.initializers.TruncatedNormal(stddev=0.02, seed=_derive_seed(seed, model.valr_kind, name))
+        u.assign(draw(u.shape, u.dtype))
 
 
 def _derive_seed(seed: int, *parts: str) -> int:
@@ -157,7 +160,7 @@ class TfWGAN:
         models = tf_dcgan if cfg.arch == "dcgan" else tf_resnet
         with self._on_device(), _dtype_policy(cfg.precision):
             self.gen = models.build_generator(rc)
-            self.critic = models.build_critic(rc)
+            self.critic = models.build_critic(rc, norm=cfg.critic_norm)
             self.gen_ema = models.build_generator(rc)
             _seeded_init(self.gen, stream_seed(cfg.seed, "init"))
             _seeded_init(self.critic, stream_seed(cfg.seed, "init"))
@@ -310,6 +313,8 @@ class TfWGAN:
         out: dict[str, tf.Variable] = {}
         for prefix, named in (("gen", self.g_vars), ("critic", self.d_vars), ("ema", self.ema_vars)):
             out.update({f"{prefix}/{k}": v for k, v in named.items()})
+        # Spectral normalisation's power-iteration vectors (critic/<layer>.sn_u; none without SN).
+        out.update({f"critic/{k}": v.value for k, v in tf_resnet.sn_variables(self.critic).items()})
         out.update(self.opt_g.state("opt_g"))
         out.update(self.opt_d.state("opt_d"))
         out[contract.MU_KEY] = self.mu

@@ -82,7 +82,7 @@ def _build_models(cfg: TrainConfig, device: torch.device) -> tuple[Generator, Cr
     # nn.init draws from the global RNG: fork it so init is seeded and the caller's state kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "init"))
-        gen, critic = gen_cls(net), critic_cls(net)  # built on CPU: identical init on every device
+        gen, critic = gen_cls(net), critic_cls(net, norm=cfg.critic_norm)  # on CPU: identical init everywhere
     # NHWC activations: ~30% faster convolutions on CPU (oneDNN), tensor-core friendly on CUDA.
     fmt = torch.channels_last
     return gen.to(device, memory_format=fmt), critic.to(device, memory_format=fmt)
@@ -301,8 +301,14 @@ class TorchWGAN:
 
     @torch.no_grad()
     def critic_scores(self, images: np.ndarray) -> np.ndarray:
-        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
-        return self._critic_plain(self._to_nchw(images)).reshape(-1).float().cpu().numpy()
+        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,); in eval mode,
+        so spectral normalisation's power iteration does not advance."""
+        was = self.critic.training
+        self.critic.eval()
+        try:
+            return self._critic_plain(self._to_nchw(images)).reshape(-1).float().cpu().numpy()
+        finally:
+            self.critic.train(was)
 
     # -- state -----------------------------------------------------------------------------
 
