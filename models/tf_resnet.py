@@ -6,17 +6,13 @@ for batch statistics (this also updates the generator's moving statistics).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
+import keras
 import numpy as np
+from keras import layers
 
-# The training code drives these models with tf.GradientTape, so Keras must run on TF.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras  # noqa: E402
-from keras import layers  # noqa: E402
-
-from .spec import (  # noqa: E402
+from .spec import (
     BN_EPS,
     BN_MOMENTUM,
     ResNetConfig,
@@ -26,9 +22,12 @@ from .spec import (  # noqa: E402
     refuse_spectral,
 )
 
+# The training code drives these models with tf.GradientTape, so Keras must run on TF (its
+# default backend); a process set to another backend is told so rather than switched.
 if keras.backend.backend() != "tensorflow":
     raise ImportError(
-        f"models.tf_resnet needs KERAS_BACKEND=tensorflow, got {keras.backend.backend()!r}"
+        f"models.tf_resnet needs Keras' TensorFlow backend (unset KERAS_BACKEND or set it to tensorflow), "
+        f"got {keras.backend.backend()!r}"
     )
 
 # The original's init: uniform, variance 2/(fan_in+fan_out) ("he") or Glorot.

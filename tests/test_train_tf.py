@@ -43,6 +43,15 @@ def test_tf_startup_notices_stay_out_of_the_logs() -> None:
     assert r.stdout.split() == ["False", "None"]  # no import-time side effects
 
 
+def test_keras_on_another_backend_is_one_line_not_switched() -> None:
+    env = {**os.environ, "KERAS_BACKEND": "numpy"}  # always installed with Keras
+    r = subprocess.run([sys.executable, "-m", "train.tf_wgan", "--preset", "smoke", "--print-config"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300, check=False)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and "KERAS_BACKEND" in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+
+
 def test_device_flag_is_validated() -> None:
     assert _device_name("auto") is None and _device_name("cpu") == "/CPU:0"
     with pytest.raises(ConfigError, match="--device tpu"):

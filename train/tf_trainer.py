@@ -347,11 +347,6 @@ def build_tf_parser():
 
 
 def make_trainer(cfg: TrainConfig) -> TfWGAN:
-    # The steps are tf.GradientTape code: Keras must run on TF (its default backend). Checked
-    # here rather than forced at import, which would change the user's process for them.
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError(f"the TF trainer needs Keras' TensorFlow backend, but KERAS_BACKEND is "
-                          f"{keras.backend.backend()!r}: unset it or set KERAS_BACKEND=tensorflow")
     mode = cfg.extra.get("distribute") or "none"
     strategy = tf_distributed.make_strategy(mode, cpu_replicas=int(cfg.extra.get("cpu_replicas") or 0),
                                             device=cfg.device)

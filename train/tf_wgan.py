@@ -12,8 +12,14 @@ from typing import Any
 def main(argv: Sequence[str] | None = None) -> int:
     from train.tf_quiet import tf_noise_filtered
 
-    with tf_noise_filtered():  # TF's C++ runtime writes its notices to fd 2 at import
-        from train import tf_trainer
+    try:
+        with tf_noise_filtered():  # TF's C++ runtime writes its notices to fd 2 at import
+            from train import tf_trainer
+    except ImportError as e:  # Keras set to another backend (models.tf_resnet says which)
+        if "KERAS_BACKEND" not in str(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return tf_trainer.main(argv)
 
 
