@@ -116,7 +116,11 @@ def _derive_seed(seed: int, *parts: str) -> int:
 class Adam:
     """Adam with explicit, checkpointable slots; lr is a call argument (the loop's schedule).
 
-    Bias-corrected as in torch/optax: p -= lr * m_hat / (sqrt(v_hat) + eps)."""
+    Bias-corrected as in torch/optax: p -= lr * m_hat / (sqrt(v_hat) + eps). Why not
+    ``keras.optimizers.Adam``: it adds eps to sqrt(v) before the bias correction (lr_t * m /
+    (sqrt(v) + eps), Kingma & Ba's "epsilon hat"), so the same settings update differently from
+    the torch and JAX trainers early in training, and its slots carry Keras' own names; the three
+    trainers are held to one update rule (tests/test_trainer_contract.py)."""
 
     def __init__(self, variables: Mapping[str, tf.Variable], beta1: float, beta2: float, eps: float = ADAM_EPS) -> None:
         self.variables = dict(variables)
