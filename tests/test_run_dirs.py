@@ -174,3 +174,28 @@ def test_longer_resume_says_how_the_learning_rate_changes(tmp_path: Path, caplog
     lines = [r.getMessage() for r in caplog.records if "learning-rate" in r.getMessage()]
     assert len(lines) == 1, [r.getMessage() for r in caplog.records]
     assert "--steps 8 (was 4)" in lines[0] and "iteration 4" in lines[0] and "lr_g 0 -> 0.005" in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- checkpoints of other releases
+
+
+def test_checkpoint_records_its_release_and_an_older_one_is_refused_naming_it(tmp_path: Path) -> None:
+    import valr_core
+    from train.loop import ResumeError
+    from train.runs import checkpoint as ckpt
+
+    path = _run(tmp_path / "run", steps=2).checkpoint
+    found = ckpt.load_checkpoint(path)
+    assert found.metadata["valr_version"] == valr_core.__version__
+    # A 0.1.x checkpoint: no version recorded, and a key of today's trainer state missing.
+    meta = {k: v for k, v in found.metadata.items() if k != "valr_version"}
+    arrays = {k: v for k, v in found.arrays.items() if not k.endswith("/ema")}
+    old = tmp_path / "old" / "ckpt-000000002.npz"
+    old.parent.mkdir()
+    ckpt.save_checkpoint(old, arrays, {**meta, "valr_version": None})
+    with pytest.raises(ResumeError, match=r"written by valr 0\.1\.x .*missing array"):
+        _run(tmp_path / "new", resume=str(old))
+    bumped = tmp_path / "bumped.npz"
+    ckpt.save_checkpoint(bumped, found.arrays, {**found.metadata, "format_version": 99, "valr_version": "9.0.0"})
+    with pytest.raises(ckpt.CheckpointError, match=r"written by valr 9\.0\.0 \(format_version 99\)"):
+        ckpt.load_checkpoint(bumped)

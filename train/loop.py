@@ -314,7 +314,7 @@ class TrainingLoop:
             self._restore_unchecked(found)
         except (ValueError, KeyError) as e:
             msg = str(e) if isinstance(e, ValueError) else f"missing entry {e}"
-            raise ResumeError(f"cannot resume from {found.path}: {msg}") from e
+            raise ResumeError(f"cannot resume from {found.path} (written by {ckpt.written_by(found.metadata)}): {msg}") from e
         log.info("resumed from %s at iteration %d", found.path, self.step)
 
     def _restore_unchecked(self, found: ckpt.Checkpoint) -> None:

@@ -29,6 +29,19 @@ from typing import IO, Any
 import numpy as np
 
 FORMAT_VERSION = 1
+VERSION_KEY = "valr_version"  # the release that wrote a checkpoint: named when one is refused
+
+
+def _valr_version() -> str:
+    import valr_core
+
+    return valr_core.__version__
+
+
+def written_by(metadata: Mapping[str, Any]) -> str:
+    """``valr X`` for a checkpoint's metadata; releases before 0.2.0 recorded no version."""
+    version = metadata.get(VERSION_KEY)
+    return f"valr {version}" if isinstance(version, str) else "valr 0.1.x (before 0.2.0, which records its version)"
 METADATA_KEY = "__metadata_json__"
 LATEST_NAME = "latest"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
@@ -152,6 +165,7 @@ def save_checkpoint(
     checked = _check_arrays(arrays)
     meta = dict(metadata)
     meta.setdefault("format_version", FORMAT_VERSION)
+    meta.setdefault(VERSION_KEY, _valr_version())
     try:
         meta_bytes = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
@@ -309,7 +323,8 @@ def load_checkpoint(
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"checkpoint {p} has format_version {version!r}; this code reads format_version {FORMAT_VERSION}"
+            f"checkpoint {p} was written by {written_by(metadata)} (format_version {version!r}); valr "
+            f"{_valr_version()} reads format_version {FORMAT_VERSION}"
         )
     bad = None if allow_nonfinite else first_nonfinite(arrays)
     if bad is not None:
