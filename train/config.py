@@ -313,17 +313,23 @@ def parse_config(argv: Sequence[str] | None = None, framework: str = "",
         raise  # unreachable: parser.error exits
 
 
+def read_run_config(path: Path, option: str) -> dict[str, Any]:
+    """A run's config.json as read from disk; ConfigError names ``option`` and the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{option} {path}: cannot read a saved config ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{option} {path}: not a saved config (expected a JSON object)")
+    return data
+
+
 def saved_settings(path: str | Path) -> dict[str, Any]:
     """The settings of a saved run's config.json (its launch record dropped); ConfigError names
     ``--config`` and the file when it is missing or not a config."""
     p = Path(path)
     p = p / "config.json" if p.is_dir() else p
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"--config {p}: cannot read a saved config ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {p}: not a saved config (expected a JSON object)")
+    data = read_run_config(p, "--config")
     data.pop(RUN_INFO_KEY, None)
     try:
         TrainConfig.from_dict(data)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from train.config import DATA_RANGE, FLAGS, ConfigError, TrainConfig, flag, lr_at
+from train.config import DATA_RANGE, FLAGS, ConfigError, TrainConfig, flag, lr_at, read_run_config
 from train.runs import checkpoint as ckpt
 from train.settings import RESUME_OVERRIDES
 
@@ -104,13 +104,7 @@ def saved_config_for_resume(cfg: TrainConfig) -> dict[str, Any] | None:
     if cfg.resume == "auto":
         path = Path(cfg.out) / CONFIG_FILE
         if path.is_file():
-            try:
-                saved = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"--resume: {path}: not a readable run config ({e})") from None
-            if not isinstance(saved, dict):
-                raise ConfigError(f"--resume: {path}: not a run config (expected a JSON object)")
-            return saved
+            return read_run_config(path, "--resume:")
         found = ckpt.load_latest(Path(cfg.out) / CHECKPOINT_DIR)
     else:
         p = Path(cfg.resume or "").expanduser()
