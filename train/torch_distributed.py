@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ import torch.distributed as dist
 from torch import nn
 
 from train.config import ConfigError
+from train.penalties import reductions_for
 
 log = logging.getLogger("valr.train")
 
@@ -264,3 +266,34 @@ def derived_rng_seed(saved_state: np.ndarray, rank: int) -> int:
     another number of replicas than the checkpoint was written with)."""
     h = hashlib.sha256(np.asarray(saved_state, np.uint8).tobytes() + rank.to_bytes(4, "little"))
     return int.from_bytes(h.digest()[:8], "little")
+
+
+def wrap_ddp(gen: nn.Module, critic: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The generator (its BatchNorm on global-batch statistics: same parameters and buffers) and
+    the critic wrapped in DDP, for the passes whose backward syncs gradients."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    convert_batchnorm(gen)
+    kw: dict[str, object] = {"device_ids": [device.index] if device.type == "cuda" else None}
+    # No buffer broadcast before each forward: the generator's BN statistics are global, hence
+    # identical on every replica, and the critic's (spectral norm's u, v) advance identically
+    # on every replica from identical weights.
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        kw["forward_sync_buffers"] = False  # torch >= 2.13 (broadcast_buffers is deprecated)
+    else:
+        kw["broadcast_buffers"] = False
+    return DDP(gen, **kw), DDP(critic, **kw)
+
+
+def reduce_critic_stats(out: dict[str, torch.Tensor], constraint: torch.Tensor, reduction: str,
+                        world_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Replica means, maxima and sums as ``train.penalties.replica_reduction`` says, with
+    ``loss`` recomputed from the global parts. Two collectives."""
+    values = {k: v for k, v in out.items() if k != "loss"}
+    values["constraint"] = constraint
+    how = reductions_for(values, reduction)
+    red = all_reduce_stats(values, world_size, sum_keys=frozenset(k for k, v in how.items() if v == "sum"),
+                           max_keys=frozenset(k for k, v in how.items() if v == "max"))
+    constraint = red.pop("constraint").to(constraint.dtype)
+    red["loss"] = red["penalty"] - red["wdist"]
+    return {k: red[k] for k in out}, constraint

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import inspect
 import logging
 import sys
 from collections.abc import Mapping
@@ -36,19 +35,20 @@ from train import contract
 from train.cli import main
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
-from train.penalties import Penalty, penalty_from_config, reductions_for
+from train.penalties import Penalty, penalty_from_config
 from train.runs import checkpoint as ckpt
 from train.seeds import stream_seed
 from train.torch_distributed import (
     DistContext,
     all_reduce_stats,
     any_replica,
-    convert_batchnorm,
     derived_rng_seed,
     gather_rng_states,
     init_from_env,
     max_owner_scale,
+    reduce_critic_stats,
     shard_rows,
+    wrap_ddp,
 )
 from valr_core import ALState
 
@@ -150,22 +150,10 @@ class TorchWGAN:
                  f", replica {self.rank} of {self.world_size} ({self.dist.backend})" if self.dist else "")
 
     def _wrap_ddp(self) -> None:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        cfg, ctx = self.cfg, self.dist
-        assert ctx is not None
-        self._real_rows = shard_rows(cfg.batch_size, ctx, "--batch-size")
-        self._gen_rows = shard_rows(cfg.gen_batch_size, ctx, "--gen-batch-size")
-        convert_batchnorm(self.gen)  # global-batch statistics: same parameters and buffers
-        kw: dict[str, object] = {"device_ids": [self.device.index] if self.device.type == "cuda" else None}
-        # No buffer broadcast before each forward: the critic has no buffers and the generator's
-        # BN statistics are global, hence identical on every replica, already.
-        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
-            kw["forward_sync_buffers"] = False  # torch >= 2.13 (broadcast_buffers is deprecated)
-        else:
-            kw["broadcast_buffers"] = False
-        self._critic_train = DDP(self.critic, **kw)
-        self._gen_train = DDP(self.gen, **kw)
+        assert self.dist is not None
+        self._real_rows = shard_rows(self.cfg.batch_size, self.dist, "--batch-size")
+        self._gen_rows = shard_rows(self.cfg.gen_batch_size, self.dist, "--gen-batch-size")
+        self._gen_train, self._critic_train = wrap_ddp(self.gen, self.critic, self.device)
 
     def _compile(self) -> None:
         if self.cfg.penalty in ("gp", "lp"):
@@ -224,7 +212,7 @@ class TorchWGAN:
         loss.backward()
         constraint = pen.constraint
         if self.dist is not None:
-            out, constraint = self._reduce_critic_stats(out, constraint)
+            out, constraint = reduce_critic_stats(out, constraint, self.penalty.reduction, self.world_size)
         self.opt_d.step()
         self.al_state = self.penalty.update(self.al_state, constraint)
         return _metrics(contract.with_multiplier(out, self.al_state))
@@ -238,20 +226,6 @@ class TorchWGAN:
             assert self.dist is not None
             return max_owner_scale(pen, self.dist)
         return 1.0
-
-    def _reduce_critic_stats(self, out: dict[str, torch.Tensor],
-                             constraint: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Replica means, maxima and sums as ``train.penalties.replica_reduction`` says, with
-        ``loss`` recomputed from the global parts. Two collectives."""
-        values = {k: v for k, v in out.items() if k != "loss"}
-        values["constraint"] = constraint
-        how = reductions_for(values, self.penalty.reduction)
-        red = all_reduce_stats(values, self.world_size,
-                               sum_keys=frozenset(k for k, v in how.items() if v == "sum"),
-                               max_keys=frozenset(k for k, v in how.items() if v == "max"))
-        constraint = red.pop("constraint").to(constraint.dtype)
-        red["loss"] = red["penalty"] - red["wdist"]
-        return {k: red[k] for k in out}, constraint
 
     def generator_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
