@@ -32,7 +32,7 @@ import numpy as np
 
 from bench.common import FRAMEWORKS, machine, quiet_env, table, write_results
 
-METHODS = ("valp", "valp-paper", "gp", "lp", "clip")
+METHODS = ("valp", "valp-paper", "valp-auto", "gp", "lp", "clip")
 Weights = list[tuple[np.ndarray, np.ndarray]]
 
 
@@ -119,6 +119,9 @@ class TrainConfig:
     # a full-batch 2-D critic trains for thousands, not a million, of critic steps.
     valp: dict[str, Any] = field(default_factory=lambda: {"mode": "al", "rho": 1.0, "eps_min": 0.01, "eps_max": 1.0, "xi": 1.0})
     valp_paper: dict[str, Any] = field(default_factory=lambda: {"mode": "al", "rho": 1.0})
+    # The paper's radii and xi, scaled to each batch by the core (eps_scale="auto": radii times
+    # the median pairwise distance / 40, docs/conventions-eps-scale.md), with nothing hand-tuned.
+    valp_auto: dict[str, Any] = field(default_factory=lambda: {"mode": "al", "rho": 1.0, "eps_scale": "auto"})
 
 
 def _gradient_penalty(backend: str, cfg: TrainConfig, method: str) -> Any:
@@ -133,9 +136,8 @@ def _gradient_penalty(backend: str, cfg: TrainConfig, method: str) -> Any:
 def _valp(backend: str, cfg: TrainConfig, method: str) -> Any:
     from valr_core import VALP
 
-    if method not in ("valp", "valp-paper"):
-        return None
-    return VALP(backend=backend, **(cfg.valp if method == "valp" else cfg.valp_paper))
+    settings = {"valp": cfg.valp, "valp-paper": cfg.valp_paper, "valp-auto": cfg.valp_auto}.get(method)
+    return None if settings is None else VALP(backend=backend, **settings)
 
 
 def train_torch(method: str, p: np.ndarray, q: np.ndarray, w0: Weights, cfg: TrainConfig, seed: int) -> Weights:
@@ -391,16 +393,36 @@ def picture(outcomes: list[Outcome], path: str, n: int, grid: int = 150) -> None
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    def names(allowed: Any) -> Callable[[str], str]:
+        def check(text: str) -> str:  # a comma list of known names, kept as text (main splits it)
+            unknown = [t for t in text.split(",") if t not in allowed]
+            if unknown:
+                raise argparse.ArgumentTypeError(f"unknown name(s) {unknown}; expected a comma list of {list(allowed)}")
+            return text
+        return check
+
+    def at_least(low: int, many: bool = False) -> Callable[[str], Any]:
+        def check(text: str) -> Any:  # an integer >= low, or (many) a comma list of them kept as text
+            try:
+                values = [int(t) for t in (text.split(",") if many else [text])]
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected {'a comma list of integers' if many else 'an integer'} "
+                                                 f">= {low}, got {text!r}") from None
+            if min(values) < low:
+                raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+            return text if many else values[0]
+        return check
+
     ap = argparse.ArgumentParser(prog="python -m bench.exactness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--framework", default="torch", choices=FRAMEWORKS)
-    ap.add_argument("--problems", default="8g-shift,8g-scale,swissroll")
-    ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--n", type=int, default=512, help="samples per set")
-    ap.add_argument("--steps", type=int, default=TrainConfig.steps)
-    ap.add_argument("--hidden", type=int, default=TrainConfig.hidden)
-    ap.add_argument("--depth", type=int, default=TrainConfig.depth)
-    ap.add_argument("--grid", type=int, default=200, help="grid points per axis for the gradient-norm maximum")
+    ap.add_argument("--problems", type=names(PROBLEMS), default="8g-shift,8g-scale,swissroll")
+    ap.add_argument("--methods", type=names(METHODS), default=",".join(METHODS))
+    ap.add_argument("--seeds", type=at_least(0, many=True), default="0,1,2")
+    ap.add_argument("--n", type=at_least(2), default=512, help="samples per set")
+    ap.add_argument("--steps", type=at_least(1), default=TrainConfig.steps)
+    ap.add_argument("--hidden", type=at_least(1), default=TrainConfig.hidden)
+    ap.add_argument("--depth", type=at_least(1), default=TrainConfig.depth)
+    ap.add_argument("--grid", type=at_least(2), default=200, help="grid points per axis for the gradient-norm maximum")
     ap.add_argument("--png", default=None, help="write the contour picture here")
     ap.add_argument("--out", action="append", default=[], help="write markdown (.md) or JSON (.json) results here (repeatable)")
     return ap.parse_args(argv)
@@ -412,7 +434,8 @@ def main(argv: list[str] | None = None) -> list[Outcome]:
     cfg = replace(TrainConfig(), steps=args.steps, hidden=args.hidden, depth=args.depth)
     command = "python -m bench.exactness " + " ".join(sys.argv[1:] if argv is None else argv)
     header = (f"Command: `{command}`\n\nFramework {args.framework}; {args.n} samples per set; MLP 2-{'-'.join([str(cfg.hidden)] * cfg.depth)}-1 "
-              f"(ReLU), full-batch Adam(lr {cfg.lr}, betas {cfg.betas}), {cfg.steps} steps; VALP {cfg.valp} (else paper defaults), "
+              f"(ReLU), full-batch Adam(lr {cfg.lr}, betas {cfg.betas}), {cfg.steps} steps; VALP: valp {cfg.valp}, valp-paper {cfg.valp_paper}, "
+              f"valp-auto {cfg.valp_auto} (else the paper's defaults; auto: radii and xi times median pairwise distance / 40), "
               f"GP/LP lambda {cfg.gp_lam}, clipping {cfg.clip}; Lipschitz on a {args.grid}x{args.grid} grid and on all sample pairs.")
     print(header, flush=True)
     outcomes = []

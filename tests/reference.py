@@ -121,6 +121,30 @@ def _unit(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d / safe.reshape((-1,) + (1,) * (d.ndim - 1)), ok
 
 
+def plus_sign(t: np.ndarray) -> np.ndarray:
+    """sign(t) with sign(0) := +1: the derivative of |t| VALP takes at a tie (SPEC "Ties")."""
+    return np.where(t >= 0, 1.0, -1.0)
+
+
+# eps_scale="auto": radii times (median pairwise l2 distance of at most 256 evenly strided
+# samples) / 40, 1 for identical samples (docs/conventions-eps-scale.md).
+EPS_SCALE_REFERENCE = 40.0
+EPS_SCALE_SAMPLES = 256
+
+
+def median_pairwise_distance(x: np.ndarray) -> float:
+    """The median over the pairs i < j of ||x_i - x_j||_2, by direct differences in float64."""
+    stride = -(-len(x) // EPS_SCALE_SAMPLES)
+    z = _rows(np.asarray(x, np.float64))[::stride]
+    i, j = np.triu_indices(len(z), k=1)
+    return float(np.median(np.sqrt(((z[i] - z[j]) ** 2).sum(1))))
+
+
+def data_scale(x: np.ndarray) -> float:
+    m = median_pairwise_distance(x)
+    return 1.0 if m == 0 else m / EPS_SCALE_REFERENCE
+
+
 def _add_grads(a: dict, b: dict) -> dict:
     return {k: a[k] + b[k] for k in a}
 
@@ -141,16 +165,20 @@ def valp(
     lam: float = 10.0,
     rho: float = 0.01,
     mu: float = 0.0,
+    eps_scale: str | None = None,
 ) -> dict:
     """VALP with d_X = l2, d_Y = |.| (scalar critic), mean reduction; returns values and
-    the gradient of the penalty w.r.t. the critic's parameters."""
+    the gradient of the penalty w.r.t. the critic's parameters. eps_scale="auto" multiplies
+    ``eps`` and ``xi`` by ``data_scale`` of the whole batch x (before ``index``)."""
+    scale = data_scale(x) if eps_scale == "auto" else 1.0
+    eps, xi = eps * scale, xi * scale
     x = x[index] if index is not None else x
     fx, cx = critic.forward(p, x)
     start, _ = _unit(d0)
     d = start
     for _ in range(n_power):
         fr, cr = critic.forward(p, x + xi * d)
-        g = critic.input_vjp(p, cr, np.sign(fr - fx))
+        g = critic.input_vjp(p, cr, plus_sign(fr - fx))
         unit, ok = _unit(g)
         d = np.where(ok.reshape((-1,) + (1,) * (x.ndim - 1)), unit, start)
     r = eps.reshape((-1,) + (1,) * (x.ndim - 1)) * d
@@ -168,7 +196,8 @@ def valp(
     dq = dL * (q > K)
     g_fx = (dq * np.sign(diff) / dx)[:, None]
     grads = _add_grads(critic.param_vjp(p, cx, g_fx), critic.param_vjp(p, ca, -g_fx))
-    return {"penalty": value, "violations": L, "quotients": q, "r_adv": x_adv - x, "direction": d, "grads": grads, "constraint": np.mean(L)}
+    return {"penalty": value, "violations": L, "quotients": q, "r_adv": x_adv - x, "direction": d, "grads": grads,
+            "constraint": np.mean(L), "eps": eps, "scale": scale}
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -27,6 +27,12 @@ from valr_core import (
 )
 
 
+def test_eps_scale_defaults_to_the_paper_absolute_radii() -> None:
+    assert VALP().eps_scale is None and not VALP().auto_scaled and not VALP(eps_scale="none").auto_scaled
+    assert VALP(eps_scale="auto").auto_scaled
+    assert VALP(eps_scale="auto") != VALP() and hash(VALP(eps_scale="auto")) == hash(VALP(eps_scale="auto"))
+
+
 def test_import_loads_no_framework() -> None:
     code = "import sys, valr_core, backends; print(sorted(m for m in ('torch','tensorflow','jax','keras','flax') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -53,6 +59,8 @@ def test_import_loads_no_framework() -> None:
         (dict(clip=(1.0, -1.0)), "clip must satisfy low < high"),
         (dict(lam=float("nan")), "lam must be a finite number"),
         (dict(backend="mxnet"), "backend must be None or one of"),
+        (dict(eps_scale="median"), "eps_scale must be None, 'none' or 'auto', got 'median'"),
+        (dict(eps_scale=2.0), "eps_scale must be None, 'none' or 'auto', got 2.0"),
     ],
 )
 def test_bad_configuration_names_the_argument(kwargs: dict, message: str) -> None:
@@ -110,9 +118,18 @@ def test_version_and_typing_marker() -> None:
 
 
 def test_missing_adapter_says_reinstall(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    monkeypatch.setattr(registry, "_ADAPTERS", tmp_path / "backends")
+    """valr_core imported from a checkout that was never installed has no valr_core.backends."""
+    real = registry.importlib.import_module
+
+    def without_adapters(name: str, *args: object) -> object:
+        if name.startswith("valr_core.backends"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name="valr_core.backends")
+        return real(name, *args)
+
+    monkeypatch.setattr(registry.importlib, "import_module", without_adapters)
     monkeypatch.setattr(registry, "_LOADED", {})
-    with pytest.raises(ImportError, match=r"adapter for backend 'torch' is missing.*reinstall valr"):
+    monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name, *a: object())  # the framework "is installed"
+    with pytest.raises(ImportError, match=r"adapter valr_core.backends.torch_backend is missing.*pip install -e \.'.*reinstall valr"):
         get_backend("torch")
 
 

@@ -297,8 +297,10 @@ def test_tf_graph_shape_and_empty_batch_checks() -> None:
 
 
 def test_critics_that_ignore_x_fall_back_to_the_random_start(framework: str) -> None:
-    """Constant critics (with or without parameters) and exact ties keep the random start, in
-    every framework (torch used to raise; JAX's |.|'(0) = +1 used to give a direction at ties)."""
+    """Constant critics (with or without parameters) keep the random start, in every framework
+    (torch used to raise): their gradient is itself zero. An exact tie with a nonzero gradient
+    does not (SPEC "Ties"): d|t|/dt at t = f(x + xi d) - f(x) = 0 is +1, so the step follows
+    grad f(x + xi d), in every framework alike (JAX's |.|'(0) used to differ)."""
     h = harness(framework)
     rs = np.random.default_rng(0)
     x = h.tensor(rs.normal(size=(4, 5)), "float64")
@@ -312,11 +314,12 @@ def test_critics_that_ignore_x_fall_back_to_the_random_start(framework: str) -> 
         np.testing.assert_allclose(h.numpy(aux.violations.r_adv), start, rtol=1e-12)
         assert float(h.numpy(loss)) == 0.0
     # An exact tie: f(z) = z_1^2 + z_2 with x = (-2.5, 0) and xi * d = (5, 0): f(x + xi d) = f(x)
-    # = 6.25 (all values exact in binary), though grad f = (5, 1) there.
+    # = 6.25 (all values exact in binary), though grad f = (5, 1) there: the direction is
+    # (5, 1) / sqrt(26), not the start (1, 0).
     xt = h.tensor(np.tile([-2.5, 0.0], (2, 1)), "float64")
     tie = Draws(h.tensor(np.tile([1.0, 0.0], (2, 1)), "float64"), h.tensor(np.full(2, 1.0), "float64"), None)
     res, _ = VALP(xi=5.0).violations(lambda z: z[:, 0] * z[:, 0] + z[:, 1], xt, draws=tie)
-    np.testing.assert_allclose(h.numpy(res.r_adv), np.tile([1.0, 0.0], (2, 1)), rtol=1e-12)
+    np.testing.assert_allclose(h.numpy(res.r_adv), np.tile([5.0, 1.0], (2, 1)) / np.sqrt(26.0), rtol=1e-12)
 
 
 # ============================================================================ eq. 18, dropped pairs, scale

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import einops
+
 from .config import ValpConfig
 from .distances import NORM_DISTANCES, per_sample
 from .interface import Backend, Rng, Tensor
@@ -32,20 +34,34 @@ class Violations(NamedTuple):
 
     violations, quotients: in the work dtype (float32 for float16/bfloat16 inputs). A pair whose
     measured d_X fell below ``DROP_RATIO`` times its drawn eps (clipping or rounding removed the
-    perturbation) is dropped: quotient and violation 0, ``kept`` False."""
+    perturbation) is dropped: quotient and violation 0, ``kept`` False. A pair with a NaN or
+    Inf in d_X or d_Y (a non-finite x or critic output) is never dropped: its quotient and
+    violation are non-finite, and so is the penalty. eps: the radii used (for
+    eps_scale="auto", the drawn ones times ``scale``)."""
 
     violations: Tensor  # (m,) max(0, quotient - K); carries gradients to the critic
     quotients: Tensor  # (m,) d_Y / d_X; carries gradients
     r_adv: Tensor  # (m, ...) the perturbation actually applied (after clipping), detached
-    eps: Tensor  # (m,) radii drawn
+    eps: Tensor  # (m,) radii used: those drawn, times ``scale`` for eps_scale="auto"
     index: Tensor | None  # (m,) rows regularised, or None
     kept: Tensor | None = None  # (m,) bool: False for dropped pairs
+    scale: Tensor | None = None  # () the data scale the radii were multiplied by (eps_scale="auto")
 
 
 # A pair whose d_X, measured after clipping and rounding, is below DROP_RATIO * eps is dropped
 # (SPEC: never divided by a floor). Its quotient would divide an output difference by a distance
-# the clipping (or x's dtype) all but erased: 1.5e11 for a train-mode BatchNorm critic.
+# the clipping (or x's dtype) all but erased: 1.5e11 for a train-mode BatchNorm critic. The rule
+# applies to finite pairs only: it never hides a NaN (SPEC "NaN").
 DROP_RATIO = 1e-2
+
+# eps_scale="auto" (config.ValpConfig's docstring, docs/conventions-eps-scale.md): radii times
+# median pairwise l2 distance / EPS_SCALE_REFERENCE; CIFAR-10 in [-1, 1] gives a median of ~37-39
+# (uniform noise images 45.3), so the paper's radii are kept there. The median is taken over the
+# pairs of at most EPS_SCALE_SAMPLES samples, evenly strided through the batch: a 256-sample
+# median is as good a scale as the full batch's, at a bounded cost (a 256 x 256 Gram matrix and
+# a sort of its 65536 entries) for any batch size.
+EPS_SCALE_REFERENCE = 40.0
+EPS_SCALE_SAMPLES = 256
 
 
 def _per_sample_view(xp: Any, v: Tensor, like: Tensor) -> Tensor:
@@ -79,6 +95,49 @@ def metric_norms(backend: Backend, config: ValpConfig, d: Tensor) -> Tensor | No
     return per_sample(a, "sum" if name == "l1" else "max")
 
 
+def median_pairwise_distance(backend: Backend, x: Tensor) -> Tensor | None:
+    """The median l2 distance over the pairs i < j of the batch's samples (at most
+    ``EPS_SCALE_SAMPLES``, evenly strided: x[::ceil(N / 256)]), under stop-gradient, in the work
+    dtype; NaN if any sample is not finite; None for a single sample (no pair).
+
+    Distances from the Gram matrix G: D^2 = g_i + g_j - 2 G_ij with g = diag(G), so the diagonal
+    is exactly 0 and the N smallest of the N^2 sorted entries are the diagonal's; each pair
+    appears twice after them, so the k-th smallest pair distance sits at N + 2(k - 1): the
+    median's position is static (jit, tf.function), with no boolean mask."""
+    xp = backend.namespace(x)
+    n = backend.shape(x)[0]
+    if not isinstance(n, int):
+        raise ValueError("eps_scale='auto' needs a batch size known when tracing; give the input a static batch dimension")
+    if n < 2:
+        return None
+    stride = -(-n // EPS_SCALE_SAMPLES)
+    z = backend.stop_gradient(x[::stride] if stride > 1 else x)
+    m = -(-n // stride)
+    flat = xp.reshape(astype(backend, z, work_dtype(backend, z)), (m, -1))
+    gram = einops.einsum(flat, flat, "i d, j d -> i j")
+    g = xp.diagonal(gram)
+    d = xp.sqrt(xp.clip(g[:, None] + g[None, :] - 2.0 * gram, 0.0, None))
+    ordered = xp.sort(xp.reshape(d, (-1,)))
+    pairs = m * (m - 1) // 2
+    if pairs % 2:  # the ((pairs + 1) / 2)-th smallest pair
+        median = ordered[m + pairs - 1]
+    else:  # the mean of the (pairs / 2)-th and (pairs / 2 + 1)-th
+        median = 0.5 * (ordered[m + pairs - 2] + ordered[m + pairs])
+    finite = xp.all(xp.isfinite(flat))
+    return xp.where(finite, median, xp.full_like(median, float("nan")))
+
+
+def data_scale(backend: Backend, x: Tensor) -> Tensor | None:
+    """eps_scale="auto"'s factor: median pairwise distance / EPS_SCALE_REFERENCE (work dtype,
+    no gradient); 1 for identical samples (median 0), NaN for a non-finite batch, None for a
+    batch of one (no pair: the radii stay absolute)."""
+    median = median_pairwise_distance(backend, x)
+    if median is None:
+        return None
+    xp = backend.namespace(median)
+    return xp.where(median == 0, xp.ones_like(median), median / EPS_SCALE_REFERENCE)
+
+
 def sample_draws(backend: Backend, config: ValpConfig, x: Tensor, rng: Rng) -> tuple[Draws, Rng]:
     """Draw the subset, initial directions and radii for batch ``x`` from ``rng``."""
     xp = backend.namespace(x)
@@ -109,13 +168,17 @@ def adversarial_direction(
     x: Tensor,
     fx: Tensor,
     start: Tensor,
+    scale: Tensor | None = None,
 ) -> Tensor:
     """Unit virtual adversarial directions (m, ...) by ``n_power`` power iterations (eq. 23).
 
     Each step differentiates sum_i d_Y(f(x_i), f(x_i + xi*d_i)) w.r.t. the perturbation only,
-    with f(x) and x held constant; the result is detached. A sample whose gradient is zero,
-    tied (f(x + xi*d) = f(x) exactly) or not finite keeps its random start direction, and a
-    critic that ignores x falls back for every sample, in every framework alike.
+    with f(x) and x held constant; the result is detached. At a tie (f(x + xi*d) = f(x)
+    exactly, or after rounding) d_Y's derivative is taken in the +1 direction
+    (``distances.tie_abs``), so the step still follows grad f. A sample whose gradient is zero
+    or not finite keeps its random start direction, and a critic that ignores x falls back for
+    every sample, in every framework alike. ``scale``: eps_scale="auto"'s data scale, which
+    multiplies xi as it does the radii (both are lengths in X).
     """
     xp = backend.namespace(x)
     distance = config.power_distance
@@ -129,8 +192,9 @@ def adversarial_direction(
         work = work_dtype(backend, fx_const, y)
         return xp.sum(distance(astype(backend, fx_const, work), astype(backend, y, work)))
 
+    xi = config.xi if scale is None else config.xi * astype(backend, scale, d.dtype)
     for _ in range(config.n_power):
-        g = backend.grad(total_distance, config.xi * d)
+        g = backend.grad(total_distance, xi * d)
         unit, usable = unit_directions(backend, backend.stop_gradient(g))
         d = xp.where(_per_sample_view(xp, usable, unit), unit, fallback)
     return d
@@ -155,18 +219,23 @@ def compute_violations(
     ``stop_gradient_clean``); r_adv itself is a constant.
     """
     xp = backend.namespace(x)
+    scale = data_scale(backend, x) if config.auto_scaled else None  # of the whole batch
+    eps = draws.eps if scale is None else draws.eps * astype(backend, scale, draws.eps.dtype)
+    batch_finite = None
     if draws.index is not None:
+        # Rows outside the subset never reach the quotients: a NaN there must still show.
+        batch_finite = xp.all(xp.isfinite(x))
         x = xp.take(x, draws.index, axis=0)
         if fx is not None:
             fx = xp.take(fx, draws.index, axis=0)
     with backend.frozen_state(critic if freeze is None else freeze):
         what = "critic(x)" if fx is None else "fx"
         fx = _check_output(backend, critic(x) if fx is None else fx, x, what)
-        d = adversarial_direction(backend, config, critic, x, fx, draws.direction)
-        radius = _per_sample_view(xp, draws.eps, d)
-        scale = metric_norms(backend, config, d)
-        if scale is not None:  # eq. 18: d_X(x, x + r_adv) = eps for l1 / linf as well
-            radius = radius / _per_sample_view(xp, astype(backend, scale, x.dtype), d)
+        d = adversarial_direction(backend, config, critic, x, fx, draws.direction, scale)
+        radius = _per_sample_view(xp, eps, d)
+        norms = metric_norms(backend, config, d)
+        if norms is not None:  # eq. 18: d_X(x, x + r_adv) = eps for l1 / linf as well
+            radius = radius / _per_sample_view(xp, astype(backend, norms, x.dtype), d)
         r_adv = backend.stop_gradient(radius * d)
         x_adv = x + r_adv
         if config.clip is not None:
@@ -179,25 +248,30 @@ def compute_violations(
     # d_X on the pair actually evaluated (after clipping and rounding to x's dtype).
     dx = config.input_distance(x_w, x_adv_w)
     dy = config.output_distance(astype(backend, fx, work), astype(backend, fx_adv, work))
-    kept = _kept_pairs(backend, config, xp, dx, draws.eps, x_w, x + r_adv, work)
+    dropped = _dropped_pairs(backend, config, xp, dx, dy, eps, x_w, x + r_adv, work)
     zero = xp.zeros_like(dx)
-    quotients = xp.where(kept, dy / xp.where(kept, dx, xp.ones_like(dx)), zero)
-    violations = xp.where(kept, xp.clip(quotients - config.K, 0.0, None), zero)
-    return Violations(violations, quotients, backend.stop_gradient(x_adv - x), draws.eps, draws.index, kept)
+    # Non-finite pairs are not dropped: dy / dx is NaN or Inf there, and stays so.
+    quotients = xp.where(dropped, zero, dy / xp.where(dropped, xp.ones_like(dx), dx))
+    violations = xp.where(dropped, zero, xp.clip(quotients - config.K, 0.0, None))
+    if batch_finite is not None:
+        violations = xp.where(batch_finite, violations, xp.full_like(violations, float("nan")))
+    return Violations(violations, quotients, backend.stop_gradient(x_adv - x), eps, draws.index, ~dropped, scale)
 
 
-def _kept_pairs(backend: Backend, config: ValpConfig, xp: Any, dx: Tensor, eps: Tensor, x_w: Tensor,
-                unclipped: Tensor, work: str) -> Tensor:
-    """dx >= DROP_RATIO * (the distance drawn): eps for the norm distances (eq. 18), else d_X
-    of the unclipped pair when clipping is on; only dx > 0 otherwise."""
+def _dropped_pairs(backend: Backend, config: ValpConfig, xp: Any, dx: Tensor, dy: Tensor, eps: Tensor, x_w: Tensor,
+                   unclipped: Tensor, work: str) -> Tensor:
+    """Finite pairs whose dx < DROP_RATIO * (the distance drawn): eps for the norm distances
+    (eq. 18), else d_X of the unclipped pair when clipping is on; only dx = 0 otherwise. A
+    pair with a non-finite dx or dy is never dropped (its NaN must reach the penalty)."""
+    finite = xp.isfinite(dx) & xp.isfinite(dy)
     name = config.d_X if isinstance(config.d_X, str) else None
     if name in NORM_DISTANCES:
         drawn = astype(backend, eps, work)
     elif config.clip is not None:
         drawn = config.input_distance(x_w, astype(backend, backend.stop_gradient(unclipped), work))
     else:
-        return xp.isfinite(dx) & (dx > 0)
-    return xp.isfinite(dx) & (dx > 0) & (dx >= DROP_RATIO * drawn)
+        return finite & ~(dx > 0)
+    return finite & ~((dx > 0) & (dx >= DROP_RATIO * drawn))
 
 
 def _check_output(backend: Backend, y: Tensor, x: Tensor, what: str, like: Tensor | None = None) -> Tensor:

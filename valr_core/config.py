@@ -15,6 +15,8 @@ from .distances import INPUT_DISTANCES, OUTPUT_DISTANCES, Distance, lookup
 Reduction = Literal["mean", "sum", "max"]
 Mode = Literal["squared", "linear", "al"]
 Start = Literal["uniform", "gaussian"]
+EpsScale = Literal["none", "auto"]
+EPS_SCALES = ("none", "auto")
 
 
 def _number(name: str, value: object) -> float:
@@ -67,6 +69,24 @@ class ValpConfig(PenaltyConfig):
     x + r_adv, or None. fraction: share of the batch regularised. d_X/d_Y: distances by name or
     callable; d_Y_power: proxy d_Y for the power iteration (default d_Y). stop_gradient_clean:
     treat f(x) as a constant (VAT). reduction, mode, lam, rho, check_finite: ``PenaltyConfig``.
+
+    eps_scale: None / "none" (default): the paper's absolute radii eps ~ U[eps_min, eps_max].
+    "auto": the drawn radii, and xi, are multiplied by the batch's data scale s = m / 40, m the
+    median l2 distance over the pairs i < j of the batch's samples (at most 256 of them, evenly
+    strided), computed under stop-gradient in the work dtype (``algorithm.data_scale``). Why
+    the median: it follows the bulk of the batch and ignores a few far outliers (a mixed
+    real/fake batch). Why 40: CIFAR-10 scaled to [-1, 1] has a root-mean-square pairwise
+    distance of 39.3 (from its per-channel standard deviations 0.247, 0.243, 0.262 on [0, 1]:
+    sqrt(2 * 1024 * 4 * sum std^2)) and a median a few percent lower; i.i.d. uniform images in
+    [-1, 1] give 45.3. So s is within about 15% of 1 on 32x32x3 images in [-1, 1], where the
+    paper tuned its radii (section 4), and elsewhere the radii keep the same proportion to the
+    distances between samples (2-D toy data: s ~ 0.05). Why xi too: it is a length in X as
+    well; on 2-D data an unscaled xi = 10 steps 4x past the data and the exactness bench's
+    estimate was off by +55% (bench/exactness.py). A batch of one sample (no pair) keeps the
+    absolute radii, one of identical samples (m = 0) s = 1; a NaN in x makes s NaN (and so
+    the penalty). With absolute radii, VALP warns once per instance when eps_max > 5 m, on
+    the first batch whose values are known (eager mode); never while tracing (jax.jit,
+    tf.function, torch.compile), which the check must not break (docs/conventions-eps-scale.md).
     """
 
     K: float = 1.0
@@ -81,6 +101,7 @@ class ValpConfig(PenaltyConfig):
     d_Y: str | Distance = "abs"
     d_Y_power: str | Distance | None = None
     stop_gradient_clean: bool = False
+    eps_scale: EpsScale | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -107,6 +128,8 @@ class ValpConfig(PenaltyConfig):
         fraction = _number("fraction", self.fraction)
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
+        if self.eps_scale is not None and self.eps_scale not in EPS_SCALES:
+            raise ValueError(f"eps_scale must be None, 'none' or 'auto', got {self.eps_scale!r}")
         lookup(self.d_X, INPUT_DISTANCES, "d_X")
         lookup(self.d_Y, OUTPUT_DISTANCES, "d_Y")
         if self.d_Y_power is not None:
@@ -124,6 +147,11 @@ class ValpConfig(PenaltyConfig):
     def power_distance(self) -> Distance:
         spec = self.d_Y if self.d_Y_power is None else self.d_Y_power
         return lookup(spec, OUTPUT_DISTANCES, "d_Y_power")
+
+    @property
+    def auto_scaled(self) -> bool:
+        """True when the radii are multiplied by the batch's data scale (``eps_scale="auto"``)."""
+        return self.eps_scale == "auto"
 
     def subset_size(self, batch: int) -> int:
         """How many samples ``fraction`` regularises: at least one."""

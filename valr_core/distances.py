@@ -26,43 +26,63 @@ def square_floor_for(dtype_name: str) -> float:
     return max(TINY * TINY, _SMALLEST_NORMAL.get(dtype_name, 0.0))
 
 
-def _dtype_name(x: Tensor) -> str:
-    from .registry import backend_for
-
-    return backend_for(x).dtype_name(x)
-
-
 def per_sample(x: Tensor, how: str) -> Tensor:
     """Reduce over every axis but the first (the batch)."""
     return einops.reduce(x, "b ... -> b", how)
 
 
-def _xp(x: Tensor) -> Any:
+def _backend(x: Tensor) -> Any:
     from .registry import backend_for
 
-    return backend_for(x).namespace(x)
+    return backend_for(x)
 
 
-def tie_abs(xp: Any, v: Tensor) -> Tensor:
-    """|v| whose derivative at v = 0 is 0 in every framework (JAX's abs has +1 there): an
-    exact tie f(x) = f(x + r) gives a zero gradient, hence the same fallback everywhere."""
-    return xp.where(v == 0, xp.zeros_like(v), xp.abs(v))
+def _xp(x: Tensor) -> Any:
+    return _backend(x).namespace(x)
+
+
+# Ties (SPEC "Ties in the power iteration", docs/conventions-ties.md). Every output distance is
+# d_Y(a, b) with a = f(x), b = f(x + r), and its derivative w.r.t. b at a tie b = a is taken in
+# the +1 direction: for |.|, sign(0) := +1, so d|b - a|/db = +1 there and the power iteration
+# still steps along grad f when f(x + xi d) - f(x) rounds to exactly 0 (common in bf16/fp16).
+# The same rule in every framework (their abs differ at 0: torch/TF 0, JAX +1).
+def plus_sign(xp: Any, t: Tensor) -> Tensor:
+    """sign(t) with sign(0) := +1 (and -1 for NaN, whose product stays NaN); no gradient."""
+    return xp.where(t >= 0, xp.ones_like(t), -xp.ones_like(t))
+
+
+def tie_abs(xp: Any, t: Tensor) -> Tensor:
+    """|t| whose derivative at t = 0 is +1 in every framework: t * sign(t), sign(0) := +1 (the
+    sign is piecewise constant, so it carries no gradient of its own)."""
+    return t * plus_sign(xp, t)
 
 
 def l1(a: Tensor, b: Tensor) -> Tensor:
     xp = _xp(a)
-    return per_sample(tie_abs(xp, a - b), "sum")
+    return per_sample(tie_abs(xp, b - a), "sum")
 
 
 def l2(a: Tensor, b: Tensor) -> Tensor:
-    xp = _xp(a)
-    diff = a - b
-    return xp.sqrt(xp.clip(per_sample(diff * diff, "sum"), square_floor_for(_dtype_name(diff)), None))
+    """||b - a||_2, floored at the dtype's tiny value (sqrt's derivative at 0 is infinite). At a
+    tie (the squared norm at or below the floor) the derivative w.r.t. b is the normalised all
+    +1 direction ones / sqrt(k), k = the per-sample size: |.|'s +1 rule for k = 1."""
+    backend = _backend(a)
+    xp = backend.namespace(a)
+    diff = b - a
+    squared = per_sample(diff * diff, "sum")
+    floor = square_floor_for(backend.dtype_name(diff))
+    norm = xp.sqrt(xp.clip(squared, floor, None))
+    total = per_sample(diff, "sum")
+    # Value 0 (t - stop_gradient(t)), derivative ones / sqrt(k), and only at ties.
+    tie = (total - backend.stop_gradient(total)) / xp.sqrt(per_sample(xp.ones_like(diff), "sum"))
+    return norm + xp.where(squared <= floor, tie, xp.zeros_like(tie))
 
 
 def linf(a: Tensor, b: Tensor) -> Tensor:
+    """max_j |b_j - a_j|. At a tie every |.| has derivative +1 and the max shares the gradient
+    evenly among its tied entries (torch, TF and JAX alike): ones / k at b = a."""
     xp = _xp(a)
-    return per_sample(tie_abs(xp, a - b), "max")
+    return per_sample(tie_abs(xp, b - a), "max")
 
 
 def one(a: Tensor, b: Tensor) -> Tensor:

@@ -9,18 +9,33 @@
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from .algorithm import Draws, Violations, compute_violations, sample_draws
+from .algorithm import Draws, Violations, compute_violations, median_pairwise_distance, sample_draws
 from .base import PenaltyBase
-from .config import Mode, Reduction, Start, ValpConfig  # noqa: F401 - the inherited fields' annotations
+from .config import EpsScale, Mode, Reduction, Start, ValpConfig  # noqa: F401 - the inherited fields' annotations
 from .distances import Distance  # noqa: F401 - resolve here (typing.get_type_hints, docs)
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
 from .precision import UNIT_ROUNDOFF, multiplier_like
 from .registry import resolve_backend
+
+# With absolute radii (eps_scale None / "none"), warn when eps_max exceeds this many times the
+# batch's median pairwise distance: such perturbations leave the data (2-D toy data under the
+# paper's CIFAR-10 radii: eps_max = 10 vs samples ~2-3 apart).
+RADII_WARN_RATIO = 5.0
+
+
+def _graph_mode(backend: Backend) -> bool:
+    """Inside a tf.function graph, where ``backend.require`` would add a run-time assertion
+    rather than read a value (torch and JAX: ``require`` itself skips tracing, compiling and
+    accelerators)."""
+    tf = sys.modules.get("tensorflow") if backend.name == "tf" else None
+    return tf is not None and not tf.executing_eagerly()
 
 
 class ValpAux(NamedTuple):
@@ -68,6 +83,34 @@ class VALP(ValpConfig, PenaltyBase):
                                f"{self.eps_min}, so x + r_adv rounds back to x for the smallest radii; rescale x "
                                "(e.g. to [-1, 1]), compute in a wider dtype, or raise eps_min")
 
+    def _check_radii(self, backend: Backend, x: Tensor) -> None:
+        """With absolute radii, warn once per instance when eps_max > RADII_WARN_RATIO times the
+        batch's median pairwise l2 distance. Checked on the first call only, and only where the
+        values can be read for free, as ``backend.require`` does: eagerly on CPU values. Never
+        while tracing (jax.jit, tf.function, torch.compile: nothing is read, nothing breaks) nor
+        on an accelerator (no host sync): there the first call passes unchecked."""
+        if self.auto_scaled or self.__dict__.get("_radii_checked") or _graph_mode(backend):
+            return
+        object.__setattr__(self, "_radii_checked", True)  # not a field: eq and hash unchanged
+        if not isinstance(backend.shape(x)[0], int):
+            return
+        median = median_pairwise_distance(backend, x)
+        if median is None:
+            return
+        xp = backend.namespace(median)
+        far = xp.asarray(self.eps_max, dtype=median.dtype) > RADII_WARN_RATIO * median  # NaN: False
+        try:
+            backend.require(x, ~far, "far")
+        except ValueError:
+            value = float(median)
+            ratio = f"{self.eps_max / value:.3g} times" if value > 0 else "infinitely many times (identical samples)"
+            warnings.warn(
+                f"VALP's absolute radii are far from this batch's scale: eps_max = {self.eps_max} is {ratio} the median "
+                f"pairwise l2 distance between its samples ({value:.3g}; warned above {RADII_WARN_RATIO:g} times), so "
+                "r_adv leaves the data. The paper's radii are for CIFAR-10 in [-1, 1] (median distance ~40): pass "
+                "eps_scale='auto' to scale them to the batch, or set eps_min/eps_max for your data. (Warned once "
+                "per VALP instance.)", UserWarning, stacklevel=4)
+
     def draws(self, x: Tensor, rng: Rng) -> tuple[Draws, Rng]:
         backend, x = self.resolve(x)
         self._check_rng(backend, rng)
@@ -90,6 +133,7 @@ class VALP(ValpConfig, PenaltyBase):
     def _violations(
         self, backend: Backend, critic: Callable[[Tensor], Tensor], x: Tensor, rng: Rng | None, draws: Draws | None, fx: Tensor | None, freeze: Any = None
     ) -> tuple[Violations, Rng | None]:
+        self._check_radii(backend, x)
         if draws is None:
             if rng is None:
                 raise ValueError(f"pass rng (the random state; {backend.rng_help()}) or fixed draws=Draws(...)")
@@ -134,6 +178,8 @@ class VALP(ValpConfig, PenaltyBase):
             "valp/violating_fraction": xp.mean(xp.where(L > 0, xp.ones_like(L), xp.zeros_like(L))),
             "valp/dropped_fraction": xp.mean(xp.where(result.kept, xp.zeros_like(L), xp.ones_like(L))),
         }
+        if result.scale is not None:
+            stats["valp/eps_scale"] = result.scale
         if state is not None:
             stats["valp/mu"] = state.mu
         return value, ValpAux(result, constraint, stats, rng)
