@@ -61,7 +61,10 @@ class GradientPenaltyConfig(PenaltyConfig):
 
 @dataclass(frozen=True)
 class ValpConfig(PenaltyConfig):
-    """Hyperparameters of the penalty; defaults are the paper's (section 4).
+    """Hyperparameters of the penalty. K, xi, eps_min, eps_max, n_power and the distances default
+    to the paper's values (section 4). ``mode`` defaults to "squared" (``PenaltyConfig``): a
+    stateless loss term that drops into any training step. The paper's VALP runs use the
+    augmented Lagrangian, ``mode="al"``, which the trainers select (train.penalties.PAPER_MODES).
 
     K: Lipschitz constant to enforce. xi: finite-difference step of the power iteration.
     eps_min/eps_max: per-sample perturbation radius range. n_power: power iterations (0 = random
