@@ -4,6 +4,7 @@ on first use; nothing is imported, filtered or set when this module is imported.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,12 @@ from typing import Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     from train.tf_quiet import tf_noise_filtered
+
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend != "tensorflow":  # told, not switched: the variable is the user's
+        print(f"error: the TF trainer needs Keras' TensorFlow backend, but KERAS_BACKEND is {backend!r}: "
+              "unset it or set KERAS_BACKEND=tensorflow", file=sys.stderr)
+        return 2
 
     try:
         with tf_noise_filtered():  # TF's C++ runtime writes its notices to fd 2 at import
