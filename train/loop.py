@@ -450,7 +450,7 @@ class TrainingLoop:
         stop = _StopRequest()
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, dynamic_ncols=True,
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_chief), dynamic_ncols=True,
                    desc=self.trainer.framework, unit="it", file=sys.stderr)
         try:
             with stop.installed():

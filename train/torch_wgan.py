@@ -384,8 +384,7 @@ def make_trainer(cfg: TrainConfig) -> TorchWGAN:
         torch.set_num_threads(threads)
     ctx = init_from_env(cfg.device, cfg.extra.get("dist_backend") or "auto")
     if ctx is not None and ctx.world_size > 1 and not ctx.is_chief:
-        cfg.progress = False  # one progress bar and one set of info lines: the chief's
-        log.setLevel(logging.WARNING)
+        log.setLevel(logging.WARNING)  # one set of info lines (and one progress bar): the chief's
     return TorchWGAN(cfg, dist=ctx)
 
 
