@@ -42,6 +42,7 @@ from train.evaluation.inception import (
 from train.evaluation.registry import EvaluationUnavailable, evaluator_for
 from train.runs import checkpoint as ckpt
 from train.runs.logs import MetricsWriter, TensorBoardWriter, save_image_grid
+from train.runs.provenance import run_info
 from train.seeds import numpy_stream
 
 log = logging.getLogger("valr.train")
@@ -559,36 +560,6 @@ class TrainingLoop:
         self._postfix = {**contract.logged_names(cfg.penalty, m), **contract.logged_names(cfg.penalty, g, role="gen")}
         self.train_seconds += time.perf_counter() - t0
         self.step = step + 1
-
-
-def run_info(trainer: Trainer, argv: Sequence[str]) -> dict[str, Any]:
-    """config.json's launch record: package versions, git commit, argv, device, world size."""
-    import importlib.metadata as md
-    import platform
-    import subprocess
-
-    versions = {"python": platform.python_version()}
-    for name in ("valr", "numpy", "scipy", "scikit-learn", "torch", "jax", "jaxlib", "flax", "optax",
-                 "tensorflow", "tensorflow-cpu", "keras"):
-        try:
-            versions[name] = md.version(name)
-        except md.PackageNotFoundError:
-            pass
-    repo = Path(__file__).resolve().parents[1]
-    commit = None
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=False)
-        if head.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10, check=False).stdout.strip()
-            commit = head.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return {"versions": versions, "git_commit": commit, "argv": list(argv),
-            "device": str(getattr(trainer, "device", None) or "default"),
-            "world_size": int(getattr(trainer, "world_size", None) or getattr(trainer, "replicas", None) or 1),
-            "host": platform.node()}
 
 
 def run_training(
