@@ -194,8 +194,8 @@ class _Recorder:
     def __init__(self, valp: VALP) -> None:
         self.valp, self.mode, self.eps = valp, valp.mode, []
 
-    def loss(self, *args, **kwargs):
-        value, aux = self.valp.loss(*args, **kwargs)
+    def pair_loss(self, *args, **kwargs):
+        value, aux = self.valp.pair_loss(*args, **kwargs)
         self.eps.append(aux.violations.eps.numpy())
         return value, aux
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from valr_core import GP, LP, VALP, ALState, get_backend, sample_alphas, sample_draws
+from valr_core import GP, LP, VALP, ALState, get_backend
 from valr_core.precision import work_dtype
 
 PENALTIES = ("valp", "gp", "lp", "none")
@@ -73,48 +73,29 @@ class Penalty:
         return self.core.update(state, xp.asarray(constraint, dtype=state.mu.dtype))
 
     def draws(self, real: Any, fake: Any, rng: Any) -> tuple[Any, Any]:
-        """The random inputs of one call, from ``rng``: VALP's Draws, GP/LP's alphas, or None.
-
-        Data-parallel TF passes its per-replica stateless stream here (it has the generator's
-        ``uniform``/``normal`` methods, which is all the TF adapter calls)."""
-        backend = get_backend(self.backend)
-        if isinstance(self.core, VALP):
-            return sample_draws(backend, self.core, self._pair(real, fake), rng)
-        if self.core is not None:
-            return sample_alphas(backend, real, rng)
-        return None, rng
+        """The random inputs of one call, from ``rng`` (the core's ``pair_draws``; None without
+        a penalty). Data-parallel TF passes its per-replica stateless stream here (it has the
+        generator's ``uniform``/``normal`` methods, which is all the TF adapter calls)."""
+        return (None, rng) if self.core is None else self.core.pair_draws(real, fake, rng)
 
     def __call__(self, critic: Critic, real: Any, fake: Any, rng: Any, state: ALState, *,
                  fx: Any = None, draws: Any = None) -> tuple[Any, PenaltyOut]:
-        """The term to add to the critic's loss, and its statistics. ``fx``: critic(concat([real,
-        fake])) already computed (VALP saves a forward pass). ``draws``: from :meth:`draws`."""
+        """The term to add to the critic's loss, and its statistics: the core's ``pair_loss``
+        (one crossing per critic step). ``fx``: critic(concat([real, fake])) already computed
+        (VALP saves a forward pass). ``draws``: from :meth:`draws`."""
         backend = get_backend(self.backend)
         xp = backend.namespace(real)
-        if tuple(backend.shape(real)) != tuple(backend.shape(fake)):
-            raise ValueError(f"real and fake batches must have equal shapes, got {tuple(backend.shape(real))} "
-                             f"and {tuple(backend.shape(fake))}")
         if self.core is None:
             zero = xp.zeros((), dtype=real.dtype)
             return zero, PenaltyOut({"penalty": zero}, zero, rng)
         # mu in the core's work dtype (float32; float64 for float64 batches): never rounded to bf16.
         mu = xp.asarray(state.mu, dtype=getattr(xp, work_dtype(backend, real)))
-        core_state = ALState(mu) if self.uses_al else None
         if draws is None and not backend.is_rng(rng):
             draws, rng = self.draws(real, fake, rng)  # a stateless stream (see draws)
-        if isinstance(self.core, VALP):
-            loss, aux = self.core.loss(critic, self._pair(real, fake), rng if draws is None else None,
-                                       core_state, draws=draws, fx=fx)
-        else:
-            loss, aux = self.core.loss(critic, real, fake, rng if draws is None else None,
-                                       core_state, alphas=draws)
+        loss, aux = self.core.pair_loss(critic, real, fake, rng if draws is None else None,
+                                        ALState(mu) if self.uses_al else None, fx=fx, draws=draws)
         stats = {key.split("/", 1)[1]: value for key, value in aux.stats.items()}
         return loss, PenaltyOut(stats, aux.constraint, rng if draws is not None else aux.rng)
-
-    def _pair(self, real: Any, fake: Any) -> Any:
-        backend = get_backend(self.backend)
-        xp = backend.namespace(real)
-        concat = getattr(xp, "concat", None) or xp.concatenate  # TF's numpy namespace predates concat
-        return concat([backend.stop_gradient(real), backend.stop_gradient(fake)], axis=0)
 
 
 def make_penalty(name: str, backend: str, *, check_finite: bool = False, **settings: Any) -> Penalty:

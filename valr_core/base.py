@@ -3,7 +3,7 @@ and random-state checks, and the pure augmented-Lagrangian state functions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from .interface import Backend, Tensor
 from .objectives import ALState, multiplier_update
@@ -17,6 +17,44 @@ class PenaltyBase:
     backend: str | None
     rho: float
     check_finite: bool
+    # Where a WGAN critic step's penalty looks: VALP at concat([real, fake]), GP/LP at interpolates.
+    pairs: ClassVar[str] = "concat"
+
+    # -- one WGAN critic step ------------------------------------------------------------------
+    def pair_loss(self, critic: Any, real: Tensor, fake: Tensor, rng: Any = None, state: ALState | None = None, *,
+                  fx: Tensor | None = None, draws: Any = None, freeze: Any = None) -> tuple[Tensor, Any]:
+        """The penalty of a WGAN critic step on its real and fake batches: the one call the
+        trainers and the Keras front door share. VALP regularises concat([real, fake]) (real and
+        fake held constant; ``fx``: the critic's scores of that concatenation, reused), GP and LP
+        the interpolates of the two. ``draws``: from :meth:`pair_draws` (VALP's Draws, GP's
+        alphas), instead of ``rng``. Returns ``loss``'s (penalty, aux)."""
+        backend = resolve_backend(self.backend, real)
+        rs, fs = tuple(backend.shape(real)), tuple(backend.shape(fake))
+        # Static sizes only: a dynamic batch size (TF graphs) is a tensor, checked by the penalty.
+        if len(rs) != len(fs) or any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(rs, fs, strict=False)):
+            raise ValueError(f"real and fake batches must have equal shapes, got {rs} and {fs}")
+        if self.pairs == "interpolates":
+            return self.loss(critic, real, fake, rng, state, alphas=draws, freeze=freeze)  # type: ignore[attr-defined]
+        return self.loss(critic, self._concat(backend, real, fake), rng, state, draws=draws, fx=fx,  # type: ignore[attr-defined]
+                         freeze=freeze)
+
+    def pair_draws(self, real: Tensor, fake: Tensor, rng: Any) -> tuple[Any, Any]:
+        """The random inputs of :meth:`pair_loss` drawn from ``rng``: (draws, next rng)."""
+        backend = resolve_backend(self.backend, real)
+        if self.pairs == "interpolates":
+            from .gradient_penalty import sample_alphas
+
+            return sample_alphas(backend, real, rng)
+        from .algorithm import sample_draws
+
+        return sample_draws(backend, self, self._concat(backend, real, fake), rng)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _concat(backend: Backend, real: Tensor, fake: Tensor) -> Tensor:
+        xp = backend.namespace(real)
+        concat = getattr(xp, "concat", None) or xp.concatenate  # TF's numpy namespace predates concat
+        return concat([backend.stop_gradient(real), backend.stop_gradient(astype(backend, fake, backend.dtype_name(real)))],
+                      axis=0)
 
     def _check_backend_name(self) -> None:
         if self.backend is not None:

@@ -70,6 +70,7 @@ class _GradientNormPenalty(GradientPenaltyConfig, PenaltyBase):
 
     one_sided: ClassVar[bool]
     prefix: ClassVar[str]
+    pairs: ClassVar[str] = "interpolates"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -322,20 +322,20 @@ class WGANVALP(keras.Model):
         d_loss_fn = self.d_loss_fn or wasserstein_d_loss
         g_loss_fn = self.g_loss_fn or wasserstein_g_loss
         critic, generator = self.discriminator, self.generator
-        real = data[0] if isinstance(data, tuple | list) else data
+        real = tf.convert_to_tensor(data[0] if isinstance(data, tuple | list) else data)
         batch = tf.shape(real)[0]
         al = self.valp.mode == "al"
         for _ in range(self.discriminator_extra_steps):
             z = self.latent_rng.normal([batch, self.latent_dim])
             fake = generator(z, training=True)
             with tf.GradientTape() as tape:
-                x = tf.concat([real, tf.cast(fake, real.dtype)], 0)
-                fx = critic(x, training=True)
+                fx = critic(tf.concat([real, tf.cast(fake, real.dtype)], 0), training=True)
                 real_logits, fake_logits = fx[:batch], fx[batch:]
                 wdist = tf.reduce_mean(real_logits) - tf.reduce_mean(fake_logits)
-                state = ALState(tf.cast(self.mu.value, x.dtype)) if al else None
-                # freeze=critic: VALP's extra passes leave its BatchNorm statistics alone.
-                penalty, aux = self.valp.loss(self._critic_fn, x, self.valp_rng, state, fx=fx, freeze=critic)
+                state = ALState(tf.cast(self.mu.value, real.dtype)) if al else None
+                # The trainers' call; freeze=critic: VALP's extra passes leave its BatchNorm alone.
+                penalty, aux = self.valp.pair_loss(self._critic_fn, real, fake, self.valp_rng, state, fx=fx,
+                                                   freeze=critic)
                 d_loss = tf.cast(d_loss_fn(real_logits, fake_logits), penalty.dtype) + penalty
             grads = tape.gradient(d_loss, critic.trainable_variables)
             self.d_optimizer.apply_gradients(zip(grads, critic.trainable_variables, strict=True))
