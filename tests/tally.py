@@ -13,7 +13,10 @@ KINDS = ("bad inputs", "fuzzed files", "faults injected", "runs resumed",
          # Image modes and bit depths loaded to checked values; misuses of the run tools and
          # benchmarks (train.plot, train.sample, bench.*); checkpoints refused for NaN/Inf
          # weights; zip/gzip bombs refused with bounded memory.
-         "image modes checked", "tool misuses", "NaN checkpoints refused", "bombs refused")
+         "image modes checked", "tool misuses", "NaN checkpoints refused", "bombs refused",
+         # Run directories and resumes refused without touching a file (tests/test_run_dirs.py);
+         # --config values fuzzed per key (each loads or is refused naming its key).
+         "run directories protected", "config values fuzzed")
 _reported: list[bool] = []
 
 

@@ -11,7 +11,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from tests.tally import record, reliability_tally  # noqa: F401 - the session fixture printing the counts
 from tests.test_train_infra import _TOY_DATA, ToyTrainer, _toy_cfg
 from train.config import ConfigError, TrainConfig, parse_config, preset_config
 from train.loop import run_training
@@ -38,6 +41,7 @@ def test_resume_into_another_runs_directory_is_refused_and_touches_nothing(tmp_p
     with pytest.raises(RunDirError, match=r"--out .*runB holds another run than the checkpoint"):
         _run(b, resume=str(ckpt_a), steps=6)
     assert _snapshot(b) == before
+    record("run directories protected")
 
 
 def test_resume_from_a_checkpoint_into_its_own_or_a_new_directory_works(tmp_path: Path) -> None:
@@ -67,6 +71,7 @@ def test_fresh_run_into_a_users_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="config.json is already there and was not written by this run"):
         _run(out, out_exists_ok=True)
     assert _snapshot(out) == before
+    record("run directories protected", 2)
 
 
 def test_out_exists_ok_writes_beside_other_files(tmp_path: Path) -> None:
@@ -145,6 +150,31 @@ def test_config_file_values_are_type_checked_by_key(tmp_path: Path, key: str, va
     assert str(path) in err and repr(key) in err and expected in err, err
     with pytest.raises(ConfigError, match=repr(key)):
         TrainConfig.from_dict(settings)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6)
+
+
+@settings(max_examples=int(__import__("os").environ.get("VALR_FUZZ_EXAMPLES", "150")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(key=st.sampled_from(sorted(preset_config("smoke").to_dict())), value=_JSON)
+def test_fuzz_config_values(key: str, value: object) -> None:
+    """Any JSON value for any key of --config: it loads, or it is refused with a ConfigError
+    that names the key (or, for a valid type with a bad value, the key's flag); nothing else."""
+    settings_ = {**preset_config("smoke").to_dict(), key: value}
+    try:
+        cfg = TrainConfig.from_dict(settings_)
+    except ConfigError as e:
+        from train.settings import BY_NAME
+
+        assert repr(key) in str(e) or BY_NAME[key].option in str(e), (key, value, str(e))
+    else:
+        assert getattr(cfg, key) == (tuple(value) if key == "clip" and isinstance(value, list) else value)
+    record("config values fuzzed")
 
 
 def test_config_file_accepts_ints_for_floats_and_null_for_optional() -> None:
