@@ -183,6 +183,9 @@ class VALPModule(nn.Module):
         self._reset_pending()
 
     # -- device moves and checkpoints -------------------------------------------------------
+    # ``nn.Module._apply`` is the one hook every .to()/.cuda()/.half() goes through; torch has no
+    # public alternative for a module that must keep one buffer float32 and move a
+    # torch.Generator (not a tensor) with its device, so it is overridden here, calling super().
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> VALPModule:
         super()._apply(fn, *args, **kwargs)
         if self.mu.dtype != torch.float32:  # .half()/.double() on the model: mu stays float32
