@@ -5,10 +5,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .interface import Backend, Tensor
+from .algorithm import sample_draws
+from .interface import Backend, Rng, Tensor
 from .objectives import ALState, multiplier_update
 from .precision import astype, work_dtype
-from .registry import resolve_backend
+from .registry import get_backend, resolve_backend
+
+
+def sample_alphas(backend: Backend | str, real: Tensor, rng: Rng) -> tuple[Tensor, Rng]:
+    """One interpolation weight alpha ~ U[0, 1) per sample of ``real``, in its dtype: (N,)."""
+    if isinstance(backend, str):
+        backend = get_backend(backend)
+    return backend.uniform(rng, (backend.shape(real)[0],), real)
 
 
 class PenaltyBase:
@@ -42,11 +50,9 @@ class PenaltyBase:
         """The random inputs of :meth:`pair_loss` drawn from ``rng``: (draws, next rng)."""
         backend = resolve_backend(self.backend, real)
         if self.pairs == "interpolates":
-            from .gradient_penalty import sample_alphas
-
             return sample_alphas(backend, real, rng)
-        from .algorithm import sample_draws
-
+        # No rng check here: data-parallel TF passes a per-replica stateless stream that only
+        # has the generator's uniform/normal methods (train/tf_distributed.py).
         return sample_draws(backend, self, self._concat(backend, real, fake), rng)  # type: ignore[arg-type]
 
     @staticmethod

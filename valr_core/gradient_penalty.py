@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
 from .algorithm import _check_output, _per_sample_view
-from .base import PenaltyBase
+from .base import PenaltyBase, sample_alphas
 from .config import GradientPenaltyConfig, Mode, Reduction  # noqa: F401 - the inherited fields' annotations
 from .distances import per_sample
 from .interface import Backend, Rng, Tensor
 from .objectives import ALState, penalty, reduce
 from .precision import astype, multiplier_like, work_dtype
-from .registry import get_backend, resolve_backend
+from .registry import resolve_backend
 
 # Squared norms at or below this are treated as 0: sqrt's derivative stays finite.
 _SQUARE_FLOOR = {"float16": 6.2e-5, "bfloat16": 1.2e-38, "float32": 1.2e-38, "float64": 2.3e-308}
@@ -41,13 +41,6 @@ class GPAux(NamedTuple):
     constraint: Tensor  # detached R(L): what the AL multiplier update consumes
     stats: dict[str, Tensor]  # detached scalars for logging
     rng: Rng  # the next random state (None when alphas were given and rng was not)
-
-
-def sample_alphas(backend: Backend | str, real: Tensor, rng: Rng) -> tuple[Tensor, Rng]:
-    """One interpolation weight alpha ~ U[0, 1) per sample of ``real``, in its dtype: (N,)."""
-    if isinstance(backend, str):
-        backend = get_backend(backend)
-    return backend.uniform(rng, (backend.shape(real)[0],), real)
 
 
 def safe_norm(backend: Backend, g: Tensor) -> Tensor:
