@@ -10,10 +10,13 @@ Importing ``bench`` imports no framework.
 """
 
 import importlib.util
+import sys
 from pathlib import Path
 
 # The trainers' checkout check (train/__init__.py) covers bench too, once train is ours.
 _train = importlib.util.find_spec("train")
 if _train is None or _train.origin is None or Path(_train.origin).resolve() != Path(__file__).resolve().parent.parent / "train" / "__init__.py":
-    raise SystemExit(f"valr: the benchmarks run from a valr checkout (python -m bench.speed in its root), but 'train' resolves to {_train and _train.origin}")
+    print(f"valr: the benchmarks run from a valr checkout (python -m bench.speed in its root), but 'train' resolves "
+          f"to {_train and _train.origin}", file=sys.stderr)
+    raise SystemExit(2)
 importlib.import_module("train")  # its checkout check covers models and bench

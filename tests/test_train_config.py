@@ -194,3 +194,18 @@ def test_precision_flag_reaches_the_config() -> None:
     assert parse_config(["--preset", "smoke", "--precision", "bf16"]).precision == "bf16"
     with pytest.raises(ConfigError, match="--precision must be one of"):
         TrainConfig(precision="fp16").validate()
+
+
+@pytest.mark.parametrize(("entry", "user_file"), [("train.plot", "models.py"), ("bench.speed", "train.py"),
+                                                  ("train.sample", "bench.py")])
+def test_started_outside_the_checkout_is_one_line(entry: str, user_file: str, tmp_path: Path) -> None:
+    """The trainers and benchmarks run from a checkout: a user's own models.py / train.py /
+    bench.py first on sys.path is refused in one line instead of being imported."""
+    (tmp_path / user_file).write_text("raise SystemExit('the user file was imported')\n")
+    env = {k: v for k, v in __import__("os").environ.items()}
+    env["PYTHONPATH"] = str(REPO)  # the checkout is importable, but the cwd comes first
+    proc = subprocess.run([sys.executable, "-m", entry, "--help"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "valr checkout" in lines[0] and user_file.split(".")[0] in lines[0] and "user file" not in proc.stderr
