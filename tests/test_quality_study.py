@@ -253,6 +253,28 @@ def test_report_only_regenerates_report_and_figures_from_records(tmp_path: Path)
     assert main(["--out", str(tmp_path / "empty"), "--report-only"]) == 2
 
 
+def test_readme_quality_section_is_generated_from_the_records(tmp_path: Path) -> None:
+    """The README's section between the markers is rewritten from the records (headline table of
+    paired differences, verdicts, figure); text outside the markers, and a README without
+    markers, are left as they are."""
+    plan = Plan({"torch": ["valp", "gp"]}, [0, 1, 2], 4, 2)
+    records = ([_record("valp", s, 10.0 + s, 100.0) for s in range(3)]
+               + [_record("gp", s, 20.0 + s, 100.0 * (1 + s)) for s in range(3)])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{report.README_BEGIN}\nstale numbers\n{report.README_END}\n\ntail\n")
+    out = tmp_path / "bench" / "results"
+    report.write({"records": records, "meta": {}}, plan, out, "cmd", figures=False, resamples=FEW, readme=readme)
+    text = readme.read_text()
+    assert text.startswith("# title\n\n" + report.README_BEGIN) and text.endswith(report.README_END + "\n\ntail\n")
+    assert "stale numbers" not in text
+    assert "| torch | GP | 4 iterations | 3/3 | -10.0 [-10.0, -10.0] |" in text  # VALP 10 below GP on each seed
+    assert "VALP is better than GP" in text and "(bench/results/quality_digits.png)" in text
+    assert "3.0-fold" in text  # GP's seconds per iteration: 25, 50, 75
+    plain = tmp_path / "other.md"
+    plain.write_text("no markers\n")
+    assert not report.update_readme(plain, "x") and plain.read_text() == "no markers\n"
+
+
 def test_a_cell_the_config_cannot_take_fails_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     # As before the trainers knew --critic-norm: the sn cell names a setting the config lacks.

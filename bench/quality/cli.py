@@ -27,6 +27,12 @@ from bench.quality.stats import RESAMPLES
 from bench.quality.store import Plan, StudyBusy, StudyFile, planned_records, run_key
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+README = RESULTS.parents[1] / "README.md"  # its quality section is generated (report.readme_section)
+
+
+def _readme(out: Path) -> Path | None:
+    """The README whose quality section the report rewrites: only for the project's own results."""
+    return README if out.resolve() == RESULTS else None
 DEFAULT_EVAL_EVERY = 50
 
 
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None, *, run_task: Callable[[dict[str, Any]], 
         if not data["records"]:
             print(f"error: no records in {study.path}; run python -m bench.quality first", file=sys.stderr)
             return 2
-        print(report.write(data, plan, args.out, command, resamples=args.resamples))
+        print(report.write(data, plan, args.out, command, resamples=args.resamples, readme=_readme(args.out)))
         return 0
     try:
         with study.locked():
@@ -225,5 +231,5 @@ def _train(args: argparse.Namespace, plan: Plan, study: StudyFile, command: str,
         data["meta"]["study_s"] = float(data["meta"].get("study_s", 0.0)) + time.monotonic() - started
         study.save(data)
     if data["records"]:
-        print(report.write(data, plan, args.out, command, resamples=args.resamples))
+        print(report.write(data, plan, args.out, command, resamples=args.resamples, readme=_readme(args.out)))
     return 130 if interrupted else 0
