@@ -1,4 +1,1 @@
-"""Thin framework adapters implementing ``valr_core.interface.Backend``.
-
-Each submodule imports its framework; nothing here does. Use ``valr_core.get_backend(name)``.
-"""
+"""Framework adapters implementing ``valr_core.interface.Backend`` (``valr_core.get_backend``)."""

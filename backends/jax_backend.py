@@ -63,9 +63,8 @@ class JaxBackend:
         if any(d.platform != "cpu" for d in x.devices()):
             # No host sync on accelerators: NaN/Inf anywhere make all of x (hence the penalty) NaN.
             return jnp.where(jnp.isfinite(x).all(), x, jnp.nan)
-        if not bool(np.isfinite(np.asarray(x)).all()):
-            raise ValueError(f"{what} contains NaN or Inf values")
-        return x
+        finite = bool(np.isfinite(np.asarray(x)).all())
+        return self.require(x, finite, f"{what} contains NaN or Inf values")
 
     def require(self, x: Any, condition: Any, message: str) -> Any:
         if isinstance(condition, jax.Array) and (isinstance(condition, jax.core.Tracer)
@@ -77,10 +76,7 @@ class JaxBackend:
 
     @contextmanager
     def frozen_state(self, critic: Any) -> Iterator[None]:
-        # Pure functions cannot update statistics behind the caller's back: nothing to freeze.
-        # (BatchNorm statistics and SpectralNorm's u change only through returned state: NNX
-        # critics go through valr_core.frontends.nnx.pure_critic, linen ones with
-        # update_stats=False / no mutable collections.)
+        # Pure functions change state only through what they return (NNX: nnx.pure_critic).
         yield
 
 

@@ -23,25 +23,15 @@ def _is_layer(obj: Any) -> bool:
     return isinstance(obj, keras.layers.Layer)
 
 
-def _visible(critic: Any) -> bool:
-    """Whether every layer the critic can run is known: a Keras layer/model or its bound method."""
-    return _is_layer(critic) or _is_layer(getattr(critic, "__self__", None))
-
-
 def _code_names(code: types.CodeType) -> set[str]:
     """The global and attribute names a code object (and the lambdas/functions inside it) uses."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return names
+    inner = (_code_names(c) for c in code.co_consts if isinstance(c, types.CodeType))
+    return set(code.co_names).union(*inner)
 
 
 def _named_layers(fn: Any, depth: int = _SEARCH_DEPTH) -> list[Any]:
-    """Keras layers a plain function reaches by name, which ``critic_owners`` cannot see: the
-    globals its code names (``lambda x: critic(x, training=True)`` over a global model), the
-    attributes its code names of those and of its closure's and bound ``self``'s objects
-    (``holder.net``, ``self.critic``), and the same inside helper functions of its own module."""
+    """Keras layers a plain function reaches by the global and attribute names in its code (which
+    ``critic_owners`` cannot see), also inside helper functions of its own module."""
     func = getattr(fn, "__func__", fn)  # a bound method of a non-Keras object: its function
     code = getattr(func, "__code__", None)
     if code is None or depth < 0:
@@ -80,27 +70,19 @@ def _unique(objects: list[Any]) -> list[Any]:
 
 
 def _state_variables(layer: Any) -> list[Any]:
-    """The floating-point state of a layer and every layer below it: BatchNormalization's moving
-    statistics, SpectralNormalization's ``vector_u`` and any other statistic a layer keeps.
-    ``Layer.non_trainable_variables`` is public and recursive; a variable created non-trainable
-    is state (a frozen layer's weights keep ``variable.trainable``), and integer state (random
-    seed generators, e.g. Dropout's) is left to advance."""
+    """The floating-point statistics of a layer and every layer below it (a frozen layer's weights
+    keep ``variable.trainable``; integer state, e.g. Dropout's seeds, is left to advance)."""
     return [v for v in layer.non_trainable_variables if not v.trainable and str(v.dtype).startswith(("float", "bfloat"))]
 
 
 def _unbuilt_batchnorms(layer: Any) -> list[Any]:
-    """BatchNormalization layers not built yet, below ``layer``. Keras 3 has no public recursive
-    walk over a layer's sub-layers (``Layer._flatten_layers`` is private): ``keras.Model.layers``
-    (public, a model's direct layers) is followed recursively, which covers Sequential and
-    functional models and models nested in them; a BatchNormalization inside a custom layer of
-    a model never called before is not found (call the model once, or build it, first)."""
+    """BatchNormalization layers not built yet, below ``layer`` through ``keras.Model.layers`` (no
+    public recursive walk exists: one inside a custom layer is not found)."""
     import keras
 
     out = [layer] if isinstance(layer, keras.layers.BatchNormalization) and not layer.built else []
-    if isinstance(layer, keras.Model):
-        for sub in layer.layers:
-            out += _unbuilt_batchnorms(sub)
-    return out
+    subs = layer.layers if isinstance(layer, keras.Model) else []
+    return out + [bn for sub in subs for bn in _unbuilt_batchnorms(sub)]
 
 
 class TfBackend:
@@ -119,12 +101,7 @@ class TfBackend:
         return tnp
 
     def grad(self, fn: Callable[[tf.Tensor], tf.Tensor], r: tf.Tensor) -> tf.Tensor:
-        r = tf.stop_gradient(r)
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(r)
-            value = fn(r)
-        g = tape.gradient(value, r, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return tf.stop_gradient(g)
+        return tf.stop_gradient(self.input_grad(fn, r))
 
     def input_grad(self, fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor) -> tf.Tensor:
         x = tf.stop_gradient(x)
@@ -175,17 +152,12 @@ class TfBackend:
 
     @contextmanager
     def frozen_state(self, critic: Any) -> Iterator[None]:
-        # Keras BatchNorm assigns its moving statistics when called in training mode; the
-        # extra VALP passes must not, so snapshot the layers' floating-point state and assign
-        # the snapshot back after. A BatchNorm not built yet (a model never called before) has
-        # no statistics to snapshot: the pass builds it, and its statistics are reset to their
-        # initial values after.
+        # Keras BatchNorm assigns its moving statistics in training mode: snapshot and restore
+        # them. One not built yet is built by the pass, and its statistics reset after.
         owners = critic_owners(critic)
         layers = _unique([o for o in owners if _is_layer(o)])
-        if not _visible(critic):
-            # A plain function may run models VALP is not shown (globals, attributes of other
-            # objects): look them up by the names in its code, freeze them, and say once how
-            # to make it explicit (as the torch adapter does).
+        if not (_is_layer(critic) or _is_layer(getattr(critic, "__self__", None))):
+            # A plain function may run models VALP is not shown: find them by the names in its code.
             named = [layer for o in owners if isinstance(o, types.FunctionType | types.MethodType) for layer in _named_layers(o)]
             shown = {id(layer) for layer in layers}
             unseen = [layer for layer in _unique(named) if id(layer) not in shown]

@@ -14,41 +14,15 @@ from torch.nn.utils import parametrize
 
 from valr_core.interface import critic_owners
 
-
-def _modules_of(critic: Any) -> list[nn.Module]:
-    """The nn.Modules behind a critic: itself, the owner of a bound method, a partial's func and
-    arguments, and the modules a plain function closes over."""
-    candidates = critic_owners(critic)
-    seen: list[nn.Module] = []
-    for candidate in candidates:
-        if isinstance(candidate, nn.Module) and all(candidate is not m for m in seen):
-            seen.append(candidate)
-    return seen
-
-
-def _visible(critic: Any) -> bool:
-    """Whether every module the critic can run is known: a module or a module's bound method."""
-    return isinstance(critic, nn.Module) or isinstance(getattr(critic, "__self__", None), nn.Module)
-
-
 _STATS = ("running_mean", "running_var", "num_batches_tracked")
 _warned_unseen = False
 
 
 class _Freezer:
-    """Leaves the running statistics of normalisation modules, and the state of stateful weight
-    parametrisations, untouched while active.
-
-    BatchNorm in train mode runs with ``track_running_stats`` off: it normalises with batch
-    statistics exactly as before, and passes no running buffers to the kernel (so autograd
-    saves none that a restore could invalidate). Other modules with running statistics
-    (InstanceNorm(track_running_stats=True) updates them even with the flag off) get their
-    buffers snapshotted and copied back.
-
-    A parametrisation that keeps state in buffers (``parametrizations.spectral_norm``: its
-    power-iteration vectors ``_u``, ``_v``) runs with ``training`` off: spectral_norm then takes
-    no power-iteration step and divides by the sigma of its current ``_u``, ``_v``, i.e. the
-    same weight as the critic's own training pass just before (``fx=critic(x)``)."""
+    """Leaves running statistics and stateful parametrisations (spectral_norm's ``_u``, ``_v``)
+    untouched. BatchNorm runs with ``track_running_stats`` off (no running buffers reach the kernel,
+    so autograd saves none a restore could invalidate); other modules' statistics are copied back.
+    Parametrisations run with ``training`` off: the weight of the critic's own pass just before."""
 
     def __init__(self) -> None:
         self.flipped: list[nn.Module] = []
@@ -62,27 +36,27 @@ class _Freezer:
         if id(m) in self.done_parametrized or not parametrize.is_parametrized(m):
             return False
         self.done_parametrized.add(id(m))
-        found = False
-        for plist in m.parametrizations.values():
-            for p in plist:
-                if p.training and _has_buffers(p):
-                    p.training = False
-                    self.evaluated.append(p)
-                    found = True
-        return found
+        stateful = [p for plist in m.parametrizations.values() for p in plist
+                    if p.training and next(p.buffers(recurse=False), None) is not None]
+        for p in stateful:
+            p.training = False
+        self.evaluated += stateful
+        return bool(stateful)
 
-    def freeze(self, m: nn.Module) -> None:
+    def freeze(self, m: nn.Module) -> bool:
+        """Freeze a normalisation module's running statistics; whether it was newly frozen."""
         if id(m) in self.done or not (m.training and getattr(m, "track_running_stats", False)):
-            return
+            return False
         self.done.add(id(m))
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.track_running_stats = False
             self.flipped.append(m)
-            return
+            return True
         for name in _STATS:
             buf = getattr(m, name, None)
             if isinstance(buf, torch.Tensor):
                 self.saved.append((buf, buf.detach().clone()))
+        return True
 
     def restore(self) -> None:
         for m in self.flipped:
@@ -94,12 +68,17 @@ class _Freezer:
                 buf.copy_(value)
 
 
-def _is_norm(m: nn.Module) -> bool:
-    return isinstance(m, nn.modules.batchnorm._NormBase)
-
-
-def _has_buffers(m: nn.Module) -> bool:
-    return next(m.buffers(recurse=False), None) is not None
+def _input_grad(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                create_graph: bool) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        value = fn(x)
+        if not value.requires_grad:
+            return torch.zeros_like(x)  # fn ignores x (a constant critic): the zero gradient
+        # W.r.t. x only: parameter .grad buffers are never written. A critic that ignores x but
+        # has parameters gives zeros too, as in TF and JAX.
+        (g,) = torch.autograd.grad(value, (x,), create_graph=create_graph, allow_unused=True, materialize_grads=True)
+    return g
 
 
 class TorchBackend:
@@ -122,26 +101,11 @@ class TorchBackend:
             # enable_grad() cannot undo inference_mode, and autograd's own error does not say why.
             raise RuntimeError("VALP/GP/LP need autograd for the critic's input gradient: call the penalty "
                                "outside torch.inference_mode() (torch.no_grad() is fine)")
-        r = r.detach().requires_grad_(True)
-        with torch.enable_grad():
-            value = fn(r)
-            if not value.requires_grad:
-                return torch.zeros_like(r)  # fn ignores r (a constant critic): the zero gradient
-            # autograd.grad w.r.t. r only: parameter .grad buffers are never written. A critic
-            # that ignores x but has parameters gives zeros too, as in TF and JAX.
-            (g,) = torch.autograd.grad(value, (r,), allow_unused=True, materialize_grads=True)
-        return g.detach()
+        return _input_grad(fn, r, create_graph=False).detach()
 
     def input_grad(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            value = fn(x)
-            if not value.requires_grad:
-                return torch.zeros_like(x)  # fn depends on nothing differentiable
-            # w.r.t. x only (parameter .grad untouched); create_graph keeps the result
-            # differentiable w.r.t. the parameters for the caller's backward.
-            (g,) = torch.autograd.grad(value, (x,), create_graph=True, allow_unused=True, materialize_grads=True)
-        return g
+        # create_graph keeps the result differentiable w.r.t. the parameters (double backward).
+        return _input_grad(fn, x, create_graph=True)
 
     def stop_gradient(self, x: torch.Tensor) -> torch.Tensor:
         return x.detach()
@@ -171,15 +135,10 @@ class TorchBackend:
         if torch.compiler.is_compiling():
             return x  # a data-dependent branch would break the graph; checked eagerly only
         if x.device.type != "cpu":
-            # Reading a device flag on the host stalls the stream on every call (issue 9: +7.7%
-            # vs +3.0% over hand-written VALP on an H200), and torch has no public asynchronous
-            # assert (torch._assert_async is private and kills the CUDA context): NaN/Inf anywhere
-            # in x turn all of x NaN on the device, so the penalty is NaN and the caller's
-            # non-finite guard sees it. One fused reduction and select, no host sync.
+            # A host read stalls the stream and torch has no public async assert: NaN/Inf anywhere
+            # turn all of x NaN, so the caller's non-finite guard sees a NaN penalty.
             return torch.where(torch.isfinite(x).all(), x, torch.full_like(x, float("nan")))
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{what} contains NaN or Inf values")
-        return x
+        return self.require(x, bool(torch.isfinite(x).all()), f"{what} contains NaN or Inf values")
 
     def require(self, x: Any, condition: Any, message: str) -> Any:
         if isinstance(condition, torch.Tensor) and (condition.device.type != "cpu" or torch.compiler.is_compiling()):
@@ -191,21 +150,19 @@ class TorchBackend:
     @contextmanager
     def frozen_state(self, critic: Any) -> Iterator[None]:
         freezer = _Freezer()
-        for mod in _modules_of(critic):
+        for mod in {id(c): c for c in critic_owners(critic) if isinstance(c, nn.Module)}.values():
             for m in mod.modules():
-                if _is_norm(m):
+                if isinstance(m, nn.modules.batchnorm._NormBase):
                     freezer.freeze(m)
                 freezer.freeze_parametrizations(m)
         handle = None
-        if not _visible(critic) and not torch.compiler.is_compiling():
-            # A plain function may run modules VALP cannot see (globals, attributes of other
-            # objects): a global pre-hook freezes any normalisation module or stateful
-            # parametrisation (before the module's forward reads its weight) that runs during
-            # VALP's passes, and says once how to make it explicit.
+        shown = isinstance(critic, nn.Module) or isinstance(getattr(critic, "__self__", None), nn.Module)
+        if not shown and not torch.compiler.is_compiling():
+            # A plain function may run modules VALP cannot see: a global pre-hook freezes any that
+            # runs during VALP's passes (before its forward reads the weight), warning once.
             def pre_hook(module: nn.Module, args: Any) -> None:
                 global _warned_unseen
-                if _is_norm(module) and id(module) not in freezer.done and module.training and module.track_running_stats:
-                    freezer.freeze(module)
+                if isinstance(module, nn.modules.batchnorm._NormBase) and freezer.freeze(module):
                     what = "running statistics were"
                 elif freezer.freeze_parametrizations(module):
                     what = "parametrisation state (spectral_norm's power iteration) was"

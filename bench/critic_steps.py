@@ -23,6 +23,7 @@ import numpy as np
 
 from bench import native_valp
 from bench.common import Method
+from train.contract import multiplier_step
 
 LR, BETAS = 2e-4, (0.0, 0.9)
 
@@ -94,7 +95,7 @@ class TorchSteps:
             loss = fx[b:].mean() - fx[:b].mean()
             constraint = None
             if penalty is not None:
-                pen, out = penalty(critic, real, fake, gen, state[0], fx=fx)
+                pen, out = penalty.pair_loss(critic, real, fake, gen, state[0], fx=fx)
                 loss, constraint = loss + pen, out.constraint
             elif method.kind == "native":
                 pen, constraint, _ = native_valp.torch_valp(critic, x, fx, gen, state[0], method.fraction, method.n_power)
@@ -102,7 +103,7 @@ class TorchSteps:
             loss.backward()
             opt.step()
             if penalty is not None:
-                state[0] = penalty.update(state[0], constraint)
+                state[0] = multiplier_step(penalty, state[0], constraint)
             elif constraint is not None:
                 state[0] = torch.clamp(state[0] + native_valp.RHO * constraint, min=0.0)
             self.sync()
@@ -193,7 +194,7 @@ class TfSteps:
                 fx = critic(x)
                 loss = tf.reduce_mean(fx[b:]) - tf.reduce_mean(fx[:b])
                 if penalty is not None:
-                    pen, out = penalty(critic, real, fake, gen, ALState(mu.read_value()), fx=fx)
+                    pen, out = penalty.pair_loss(critic, real, fake, gen, ALState(mu.read_value()), fx=fx)
                     loss, constraint = loss + pen, out.constraint
                 elif method.kind == "native":
                     pen, constraint, _ = native_valp.tf_valp(critic, x, fx, gen, mu.read_value(), method.fraction, method.n_power)
@@ -201,7 +202,7 @@ class TfSteps:
             grads = tape.gradient(loss, model.trainable_variables)
             opt.apply_gradients(zip(grads, model.trainable_variables, strict=True))
             if penalty is not None:
-                mu.assign(penalty.update(ALState(mu.read_value()), constraint).mu)
+                mu.assign(multiplier_step(penalty, ALState(mu.read_value()), constraint).mu)
             elif constraint is not None:
                 mu.assign(tf.maximum(mu + native_valp.RHO * constraint, 0.0))
             return loss
@@ -272,7 +273,7 @@ class JaxSteps:
             loss = jnp.mean(fx[b:]) - jnp.mean(fx[:b])
             constraint = jnp.zeros((), jnp.float32)
             if penalty is not None:
-                pen, out = penalty(critic, real, fake, key, ALState(mu), fx=fx)
+                pen, out = penalty.pair_loss(critic, real, fake, key, ALState(mu), fx=fx)
                 loss, constraint, key = loss + pen, out.constraint, out.rng
             elif method.kind == "native":
                 pen, constraint, key = native_valp.jax_valp(critic, x, fx, key, mu, method.fraction, method.n_power)
@@ -285,7 +286,7 @@ class JaxSteps:
             updates, opt_state = opt.update(grads, opt_state, params)
             params = optax.apply_updates(params, updates)
             if penalty is not None:
-                mu = penalty.update(ALState(mu), constraint).mu
+                mu = multiplier_step(penalty, ALState(mu), constraint).mu
             else:
                 mu = jnp.maximum(mu + native_valp.RHO * constraint, 0.0)
             return params, opt_state, key, mu, loss

@@ -1,7 +1,4 @@
-"""Weight files and conversion between frameworks, through the canonical dict of ``models.spec``.
-
-Nothing here imports a framework until a conversion for it is asked for.
-"""
+"""Weight files and conversion between frameworks (imported on demand) via ``models.spec``."""
 
 from __future__ import annotations
 
@@ -44,9 +41,8 @@ def save_npz(path: str | os.PathLike[str], params: Mapping[str, np.ndarray]) -> 
         raise
 
 
-def load_npz(
-    path: str | os.PathLike[str], table: Mapping[str, tuple[int, ...]] | None = None
-) -> dict[str, np.ndarray]:
+def load_npz(path: str | os.PathLike[str],
+             table: Mapping[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     """Read a canonical dict; with ``table`` also check keys and shapes (ValueError)."""
     with np.load(os.fspath(path), allow_pickle=False) as f:
         params = {k: f[k] for k in f.files}
@@ -61,8 +57,7 @@ def to_canonical(framework: str, obj: Any) -> dict[str, np.ndarray]:
 
 
 def from_canonical(framework: str, target: Any, params: Mapping[str, np.ndarray]) -> Any:
-    """torch/tf: load into ``target`` in place and return it; jax: return new variables for the
-    flax module ``target``."""
+    """torch/tf: load into ``target`` in place and return it; jax: new variables for ``target``."""
     return backend(framework).from_canonical(target, params)
 
 

@@ -1,6 +1,4 @@
-"""flax.linen (NHWC) DCGAN-style generator and critic for 32x32 images (``--arch dcgan``);
-the same layers and canonical names as ``models.torch_dcgan``. Initialise with
-``models.jax_resnet.init`` (it reads ``module.kind`` and ``module.cfg``)."""
+"""flax.linen (NHWC) DCGAN generator and critic (``--arch dcgan``); init: ``jax_resnet.init``."""
 
 from __future__ import annotations
 
@@ -29,8 +27,7 @@ class Generator(nn.Module):
 
 
 class Critic(nn.Module):
-    """images (N, 32, 32, 3) -> scores (N, 1). ``norm``: as ``models.jax_resnet.Critic`` (with
-    "none" ``train`` is ignored; "spectral" wraps the three convs and the dense layer)."""
+    """images (N, 32, 32, 3) -> scores (N, 1); ``norm`` as ``models.jax_resnet.Critic``."""
 
     cfg: ResNetConfig = ResNetConfig(arch="dcgan")
     norm: str = "none"

@@ -1,16 +1,7 @@
-"""Framework-neutral description of the WGAN-GP CIFAR-10 ResNet (Gulrajani et al. 2017).
-
-The *canonical* parameter dict is what all three frameworks convert through: a flat
-``dict[str, np.ndarray]`` keyed ``"<layer path>.<leaf>"`` in NHWC terms:
-
-* conv ``kernel`` (kh, kw, in, out) (HWIO) and ``bias`` (out,)
-* dense ``kernel`` (in, out) and ``bias`` (out,); the generator's first dense layer orders its
-  4*4*C outputs as (h, w, c), i.e. it reshapes to NHWC
-* BatchNorm ``scale``, ``bias`` (trainable) and ``mean``, ``var`` (running statistics)
-
-Layer paths equal the flax module paths and the Keras layer names, so the table below is
-the single place the naming lives.
-"""
+"""Framework-neutral WGAN-GP CIFAR-10 ResNet (Gulrajani et al. 2017) and DCGAN: the *canonical*
+parameter dict all frameworks convert through, keyed ``"<layer path>.<leaf>"`` (the flax module
+paths and Keras layer names) in NHWC terms: conv kernels HWIO, dense (in, out), the generator's
+first dense layer's outputs ordered (h, w, c), BatchNorm ``scale``, ``bias``, ``mean``, ``var``."""
 
 from __future__ import annotations
 
@@ -20,12 +11,10 @@ from collections.abc import Mapping
 import numpy as np
 
 KINDS = ("generator", "critic")
-# Leaves that are running statistics, not trainable parameters.
-STAT_LEAVES = ("mean", "var")
+STAT_LEAVES = ("mean", "var")  # running statistics, not trainable parameters
 N_UP_BLOCKS = 3
 BN_EPS = 1e-5
-# running = BN_MOMENTUM * running + (1 - BN_MOMENTUM) * batch (keras/flax convention;
-# torch's ``momentum`` is 1 - BN_MOMENTUM).
+# running = BN_MOMENTUM * running + (1 - BN_MOMENTUM) * batch (keras/flax; torch's is 1 - this).
 BN_MOMENTUM = 0.9
 
 
@@ -36,8 +25,7 @@ class ResNetConfig:
     critic_channels: int = 128
     image_size: int = 32
     image_channels: int = 3
-    # "resnet": the architecture above; "dcgan": the small all-convolutional pair of
-    # models/*_dcgan.py (the digits preset: ~4x fewer FLOPs at equal width, for 2 CPU cores).
+    # "dcgan": models/*_dcgan.py, for the digits preset (~4x fewer FLOPs at equal width).
     arch: str = "resnet"
 
     @property
@@ -69,21 +57,18 @@ def generator_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
         t |= _bn(f"{b}.bn1", c) | _conv(f"{b}.conv1", 3, c, c)
         t |= _bn(f"{b}.bn2", c) | _conv(f"{b}.conv2", 3, c, c)
         t |= _conv(f"{b}.shortcut", 1, c, c)
-    t |= _bn("out_bn", c) | _conv("out_conv", 3, c, cfg.image_channels)
-    return t
+    return t | _bn("out_bn", c) | _conv("out_conv", 3, c, cfg.image_channels)
 
 
 def critic_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
     c = cfg.critic_channels
-    # block1: optimised down block; block2: down block; block3/4: plain (identity shortcut).
-    t = _conv("block1.conv1", 3, cfg.image_channels, c) | _conv("block1.conv2", 3, c, c)
-    t |= _conv("block1.shortcut", 1, cfg.image_channels, c)
-    t |= _conv("block2.conv1", 3, c, c) | _conv("block2.conv2", 3, c, c)
-    t |= _conv("block2.shortcut", 1, c, c)
-    for i in (3, 4):
-        t |= _conv(f"block{i}.conv1", 3, c, c) | _conv(f"block{i}.conv2", 3, c, c)
-    t |= _dense("dense", c, 1)
-    return t
+    t: dict[str, tuple[int, ...]] = {}
+    # block1 (optimised) and block2 down-sample through a 1x1 shortcut; block3/4 are plain.
+    for i, cin in ((1, cfg.image_channels), (2, c), (3, c), (4, c)):
+        t |= _conv(f"block{i}.conv1", 3, cin, c) | _conv(f"block{i}.conv2", 3, c, c)
+        if i <= 2:
+            t |= _conv(f"block{i}.shortcut", 1, cin, c)
+    return t | _dense("dense", c, 1)
 
 
 def dcgan_generator_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
@@ -101,11 +86,8 @@ def dcgan_critic_table(cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
 
 
 ARCHS = ("resnet", "dcgan")
-# The critics' ``norm`` constructor argument. "spectral": every conv and dense layer of the critic,
-# the final dense included, spectrally normalised (Miyato et al. 2018, SN-GAN) by the framework's
-# own implementation; parameters and their canonical names stay those of "none", and the
-# power-iteration state is extra (torch buffers ``_u``/``_v``, Keras ``vector_u``, flax
-# ``batch_stats`` u/sigma).
+# The critics' ``norm``. "spectral": every layer spectrally normalised by the framework's own
+# implementation; canonical parameters stay those of "none", the power-iteration state is extra.
 CRITIC_NORMS = ("none", "spectral")
 
 
@@ -118,10 +100,9 @@ def check_norm(norm: str) -> str:
 def refuse_spectral(norm: str, what: str) -> None:
     """Canonical conversion carries parameters only: refuse a spectrally normalised critic."""
     if norm != "none":
-        raise ValueError(
-            f"{what}: a critic with norm={norm!r} cannot be converted between frameworks (each "
-            "framework's spectral normalisation keeps its own power-iteration state)"
-        )
+        raise ValueError(f"{what}: a critic with norm={norm!r} cannot be converted between "
+                         "frameworks (each framework's spectral normalisation keeps its own "
+                         "power-iteration state)")
 
 
 def param_table(kind: str, cfg: ResNetConfig) -> dict[str, tuple[int, ...]]:
@@ -145,9 +126,8 @@ def trainable_count(table: Mapping[str, tuple[int, ...]]) -> int:
     return sum(int(np.prod(shape)) for name, shape in table.items() if not is_stat(name))
 
 
-def check_params(
-    params: Mapping[str, np.ndarray], table: Mapping[str, tuple[int, ...]], what: str = "params"
-) -> None:
+def check_params(params: Mapping[str, np.ndarray], table: Mapping[str, tuple[int, ...]],
+                 what: str = "params") -> None:
     """Raise ValueError unless ``params`` has exactly the keys and shapes of ``table``."""
     for name, shape in table.items():
         if name not in params:

@@ -1,5 +1,4 @@
-"""Keras 3 (TensorFlow backend, NHWC) DCGAN-style generator and critic for 32x32 images
-(``--arch dcgan``); the same layers and canonical layer names as ``models.torch_dcgan``."""
+"""Keras 3 (TensorFlow, NHWC) DCGAN generator and critic (``--arch dcgan``), as ``torch_dcgan``."""
 
 from __future__ import annotations
 
@@ -23,8 +22,7 @@ def build_generator(cfg: ResNetConfig) -> keras.Model:
 
 
 def build_critic(cfg: ResNetConfig, norm: str = "none") -> keras.Model:
-    """images (N, 32, 32, 3) -> scores (N, 1); ``norm="spectral"`` wraps the three convs and the
-    dense layer in Keras' SpectralNormalization (``models.tf_resnet._sn``)."""
+    """images (N, 32, 32, 3) -> scores (N, 1); ``norm="spectral"`` wraps every layer (``_sn``)."""
     check_norm(norm)
     c = cfg.critic_channels
     x = keras.Input((cfg.image_size, cfg.image_size, cfg.image_channels), name="x")

@@ -1,8 +1,5 @@
-"""Keras 3 (TensorFlow backend, NHWC) WGAN-GP CIFAR-10 ResNet generator and critic.
-
-Layer names equal the canonical names of ``models.spec``. Use ``model(x, training=True)``
-for batch statistics (this also updates the generator's moving statistics).
-"""
+"""Keras 3 (TensorFlow backend, NHWC) WGAN-GP CIFAR-10 ResNet generator and critic; layer names
+equal the canonical names of ``models.spec``."""
 
 from __future__ import annotations
 
@@ -12,23 +9,14 @@ import keras
 import numpy as np
 from keras import layers
 
-from .spec import (
-    BN_EPS,
-    BN_MOMENTUM,
-    ResNetConfig,
-    check_norm,
-    check_params,
-    param_table,
-    refuse_spectral,
-)
+from . import spec
+from .spec import BN_EPS, BN_MOMENTUM, ResNetConfig, check_norm
 
 # The training code drives these models with tf.GradientTape, so Keras must run on TF (its
 # default backend); a process set to another backend is told so rather than switched.
 if keras.backend.backend() != "tensorflow":
-    raise ImportError(
-        f"models.tf_resnet needs Keras' TensorFlow backend (unset KERAS_BACKEND or set it to tensorflow), "
-        f"got {keras.backend.backend()!r}"
-    )
+    raise ImportError("models.tf_resnet needs Keras' TensorFlow backend (unset KERAS_BACKEND or "
+                      f"set it to tensorflow), got {keras.backend.backend()!r}")
 
 # The original's init: uniform, variance 2/(fan_in+fan_out) ("he") or Glorot.
 _HE = {"scale": 2.0, "mode": "fan_avg", "distribution": "uniform"}
@@ -40,10 +28,8 @@ def _conv(c: int, k: int, he: bool, name: str) -> layers.Conv2D:
 
 
 def _sn(layer: layers.Layer, norm: str) -> layers.Layer:
-    """``layer``, or Keras' SpectralNormalization around it under the same name (so
-    ``model.get_layer(name)`` finds the wrapper). The wrapper keeps u in a non-trainable
-    ``vector_u`` (1, out) and, in a call with ``training=True`` only, takes one power-iteration
-    step and assigns kernel / sigma to the kernel variable itself."""
+    """``layer``, or Keras' SpectralNormalization around it under the same name; the wrapper keeps
+    u in ``vector_u`` and takes a power-iteration step only in a call with ``training=True``."""
     return layer if norm == "none" else layers.SpectralNormalization(layer, name=layer.name)
 
 
@@ -92,7 +78,6 @@ def build_critic(cfg: ResNetConfig | None = None, norm: str = "none") -> keras.M
         return _sn(_conv(c, k, he, name), norm)
 
     x = keras.Input((cfg.image_size, cfg.image_size, cfg.image_channels), name="x")
-    # block1 (optimised): conv, ReLU, conv, pool; shortcut pool then 1x1 conv.
     r = conv(3, True, "block1.conv2")(layers.ReLU()(conv(3, True, "block1.conv1")(x)))
     h = layers.Add()([conv(1, False, "block1.shortcut")(_pool(x)), _pool(r)])
     for i, down in ((2, True), (3, False), (4, False)):
@@ -106,13 +91,8 @@ def build_critic(cfg: ResNetConfig | None = None, norm: str = "none") -> keras.M
     return _tag(keras.Model(x, y, name="critic"), "critic", cfg, norm)
 
 
-_LEAVES = {
-    "kernel": "kernel",
-    "bias": "bias",
-    "scale": "gamma",
-    "mean": "moving_mean",
-    "var": "moving_variance",
-}
+_LEAVES = {"kernel": "kernel", "bias": "bias", "scale": "gamma", "mean": "moving_mean",
+           "var": "moving_variance"}
 
 
 def inner_layer(model: keras.Model, layer_name: str) -> layers.Layer:
@@ -122,9 +102,8 @@ def inner_layer(model: keras.Model, layer_name: str) -> layers.Layer:
 
 
 def sn_variables(model: keras.Model) -> dict[str, keras.Variable]:
-    """``"<layer>.sn_u"`` -> that layer's SpectralNormalization ``vector_u``, in the canonical
-    table's order; empty for ``norm="none"``. This is the state beyond the canonical table that a
-    checkpoint must hold."""
+    """``"<layer>.sn_u"`` -> that layer's SpectralNormalization ``vector_u`` (the state a
+    checkpoint must hold beyond the canonical table); empty for ``norm="none"``."""
     out = {}
     for name in _table(model):
         layer_name, leaf = name.rsplit(".", 1)
@@ -137,28 +116,24 @@ def sn_variables(model: keras.Model) -> dict[str, keras.Variable]:
 def _variable(model: keras.Model, name: str):
     layer_name, leaf = name.rsplit(".", 1)
     layer = inner_layer(model, layer_name)
-    attr = (
-        "beta" if leaf == "bias" and isinstance(layer, layers.BatchNormalization) else _LEAVES[leaf]
-    )
-    return getattr(layer, attr)
+    is_bn = isinstance(layer, layers.BatchNormalization)
+    return getattr(layer, "beta" if leaf == "bias" and is_bn else _LEAVES[leaf])
 
 
 def _table(model: keras.Model) -> dict[str, tuple[int, ...]]:
-    return param_table(model.valr_kind, model.valr_cfg)
+    return spec.param_table(model.valr_kind, model.valr_cfg)
 
 
 def to_canonical(model: keras.Model) -> dict[str, np.ndarray]:
-    refuse_spectral(getattr(model, "valr_norm", "none"), f"tf {model.valr_kind}")
-    return {
-        name: np.array(_variable(model, name).numpy(), dtype=np.float32) for name in _table(model)
-    }
+    spec.refuse_spectral(getattr(model, "valr_norm", "none"), f"tf {model.valr_kind}")
+    return {n: np.array(_variable(model, n).numpy(), dtype=np.float32) for n in _table(model)}
 
 
 def from_canonical(model: keras.Model, params: Mapping[str, np.ndarray]) -> keras.Model:
     """Assign canonical ``params`` to ``model`` in place (shapes checked first)."""
-    refuse_spectral(getattr(model, "valr_norm", "none"), f"tf {model.valr_kind}")
+    spec.refuse_spectral(getattr(model, "valr_norm", "none"), f"tf {model.valr_kind}")
     table = _table(model)
-    check_params(params, table, f"tf {model.valr_kind}")
+    spec.check_params(params, table, f"tf {model.valr_kind}")
     for name in table:
         _variable(model, name).assign(np.asarray(params[name], dtype=np.float32))
     return model

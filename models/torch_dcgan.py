@@ -1,11 +1,4 @@
-"""PyTorch (NCHW) DCGAN-style generator and critic for 32x32 images (``--arch dcgan``).
-
-Generator: dense to 4x4x(4C), then three (nearest 2x up-sampling, 3x3 conv, BatchNorm, ReLU)
-stages halving the width, the last conv to 3 channels and tanh. Critic: three stride-2 3x3
-convs (C, 2C, 4C) with LeakyReLU(0.2), dense to 1; ``norm="spectral"`` spectrally normalises all
-four layers (``models.torch_resnet.spectral_normalize``), "none" none. Canonical names are those
-of ``models.spec.dcgan_*_table``; init as the ResNet's (``models.torch_resnet``).
-"""
+"""PyTorch (NCHW) DCGAN generator and critic for 32x32 images (``--arch dcgan``)."""
 
 from __future__ import annotations
 
@@ -14,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .spec import ResNetConfig, check_norm
-from .torch_resnet import _bn, _conv, _dense, spectral_normalize
+from .torch_resnet import _bn, _conv, _dense, _up, spectral_normalize
 
 
 class Generator(nn.Module):
@@ -34,9 +27,9 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         c, s = self.cfg.gen_channels, self.cfg.base_size
         h = F.relu(self.bn0(self.dense(z).view(-1, 4 * c, s, s)))
-        h = F.relu(self.bn1(self.conv1(F.interpolate(h, scale_factor=2, mode="nearest"))))
-        h = F.relu(self.bn2(self.conv2(F.interpolate(h, scale_factor=2, mode="nearest"))))
-        return torch.tanh(self.out_conv(F.interpolate(h, scale_factor=2, mode="nearest")))
+        h = F.relu(self.bn1(self.conv1(_up(h))))
+        h = F.relu(self.bn2(self.conv2(_up(h))))
+        return torch.tanh(self.out_conv(_up(h)))
 
 
 class Critic(nn.Module):
@@ -61,7 +54,7 @@ class Critic(nn.Module):
             spectral_normalize(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.conv1(x), 0.2)
-        h = F.leaky_relu(self.conv2(h), 0.2)
-        h = F.leaky_relu(self.conv3(h), 0.2)
+        h = x
+        for conv in (self.conv1, self.conv2, self.conv3):
+            h = F.leaky_relu(conv(h), 0.2)
         return self.dense(h.permute(0, 2, 3, 1).flatten(1))  # (h, w, c) order, as in NHWC

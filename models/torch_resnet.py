@@ -11,22 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from .spec import (
-    BN_EPS,
-    BN_MOMENTUM,
-    ResNetConfig,
-    check_norm,
-    check_params,
-    param_table,
-    refuse_spectral,
-)
+from . import spec
+from .spec import BN_EPS, BN_MOMENTUM, ResNetConfig, check_norm
 
 
 def _conv(cin: int, cout: int, k: int, he: bool) -> nn.Conv2d:
     conv = nn.Conv2d(cin, cout, k, padding=k // 2)
     # The original's init: uniform, variance 2/(fan_in+fan_out) ("he") or half that (Glorot).
-    fan = (cin + cout) * k * k
-    bound = math.sqrt(3.0 * (4.0 if he else 2.0) / fan)
+    bound = math.sqrt(3.0 * (4.0 if he else 2.0) / ((cin + cout) * k * k))
     nn.init.uniform_(conv.weight, -bound, bound)
     nn.init.zeros_(conv.bias)
     return conv
@@ -45,10 +37,8 @@ def _bn(c: int) -> nn.BatchNorm2d:
 
 
 def spectral_normalize(module: nn.Module) -> nn.Module:
-    """Every Conv2d and Linear below ``module`` through torch's ``spectral_norm`` parametrisation
-    (in place). Per layer, ``state_dict()`` then holds ``parametrizations.weight.original`` (the
-    parameter), and the buffers ``parametrizations.weight.0._u`` (out,) and ``._v`` (in*kh*kw,);
-    a forward pass in training mode takes one power-iteration step, in eval mode none."""
+    """Every Conv2d and Linear below ``module`` through torch's ``spectral_norm`` (in place); a
+    forward pass in training mode takes one power-iteration step, in eval mode none."""
     for sub in list(module.modules()):
         if isinstance(sub, nn.Conv2d | nn.Linear):
             spectral_norm(sub)  # draws u, v from the global RNG: call it after the weights' init
@@ -138,60 +128,44 @@ class Critic(nn.Module):
 _BN_LEAVES = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 
 
-def _dense_perm(module: nn.Module, name: str) -> np.ndarray | None:
-    """Column order mapping canonical (h, w, c) outputs to torch's (c, h, w), or None."""
-    if not (isinstance(module, Generator) and name == "dense"):
-        return None
-    c, s = module.cfg.gen_channels, module.cfg.base_size
-    # perm[k] = torch index of canonical output k, canonical k = (h*s + w)*c + ch.
-    return np.arange(c * s * s).reshape(c, s, s).transpose(1, 2, 0).reshape(-1)
-
-
 def _leaves(module: nn.Module):
-    """Yield (canonical name, torch tensor, kind) for every parameter/buffer we convert."""
+    """(canonical name, torch tensor, kind, output permutation or None) per converted leaf."""
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Conv2d):
-            yield f"{name}.kernel", sub.weight, "conv"
-            yield f"{name}.bias", sub.bias, "vec"
+            yield f"{name}.kernel", sub.weight, "conv", None
+            yield f"{name}.bias", sub.bias, "vec", None
         elif isinstance(sub, nn.Linear):
-            yield f"{name}.kernel", sub.weight, "dense"
-            yield f"{name}.bias", sub.bias, "dense_bias"
+            perm = None
+            if isinstance(module, Generator) and name == "dense":
+                # perm[k] = torch output of canonical output k; canonical (h, w, c), torch (c, h, w)
+                c, s = module.cfg.gen_channels, module.cfg.base_size
+                perm = np.arange(c * s * s).reshape(c, s, s).transpose(1, 2, 0).reshape(-1)
+            yield f"{name}.kernel", sub.weight, "dense", perm
+            yield f"{name}.bias", sub.bias, "vec", perm
         elif isinstance(sub, nn.BatchNorm2d):
             for tname, leaf in _BN_LEAVES.items():
-                yield f"{name}.{leaf}", getattr(sub, tname), "vec"
+                yield f"{name}.{leaf}", getattr(sub, tname), "vec", None
 
 
 def to_canonical(module: nn.Module) -> dict[str, np.ndarray]:
-    refuse_spectral(getattr(module, "norm", "none"), f"torch {module.kind}")
+    spec.refuse_spectral(getattr(module, "norm", "none"), f"torch {module.kind}")
     out: dict[str, np.ndarray] = {}
-    for name, t, kind in _leaves(module):
+    for name, t, kind, perm in _leaves(module):
         a = t.detach().cpu().numpy().astype(np.float32)
-        if kind == "conv":
-            a = a.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-        elif kind == "dense":
-            a = a.T  # (out, in) -> (in, out)
-        perm = _dense_perm(module, name.rsplit(".", 1)[0]) if kind.startswith("dense") else None
-        if perm is not None:
-            a = a[..., perm]
-        out[name] = np.ascontiguousarray(a)
+        a = a.transpose(2, 3, 1, 0) if kind == "conv" else a.T if kind == "dense" else a
+        out[name] = np.ascontiguousarray(a if perm is None else a[..., perm])
     return out
 
 
 def from_canonical(module: nn.Module, params: Mapping[str, np.ndarray]) -> nn.Module:
     """Copy canonical ``params`` into ``module`` in place (shapes checked first)."""
-    refuse_spectral(getattr(module, "norm", "none"), f"torch {module.kind}")
-    check_params(params, param_table(module.kind, module.cfg), f"torch {module.kind}")
+    what = f"torch {module.kind}"
+    spec.refuse_spectral(getattr(module, "norm", "none"), what)
+    spec.check_params(params, spec.param_table(module.kind, module.cfg), what)
     with torch.no_grad():
-        for name, t, kind in _leaves(module):
+        for name, t, kind, perm in _leaves(module):
             a = np.asarray(params[name], dtype=np.float32)
-            perm = _dense_perm(module, name.rsplit(".", 1)[0]) if kind.startswith("dense") else None
-            if perm is not None:
-                inv = np.empty_like(perm)
-                inv[perm] = np.arange(perm.size)
-                a = a[..., inv]
-            if kind == "conv":
-                a = a.transpose(3, 2, 0, 1)
-            elif kind == "dense":
-                a = a.T
+            a = a if perm is None else a[..., np.argsort(perm)]
+            a = a.transpose(3, 2, 0, 1) if kind == "conv" else a.T if kind == "dense" else a
             t.copy_(torch.from_numpy(np.ascontiguousarray(a)).to(t.dtype))
     return module

@@ -627,6 +627,8 @@ BENCH_MISUSES = [
     ("bench.exactness", ["--problems", "bogus"], "--problems"),
     ("bench.exactness", ["--methods", "bogus"], "--methods"),
     ("bench.exactness", ["--n", "0"], "--n"),
+    ("bench.main_job", ["--framework", "bogus"], "--framework"),
+    ("bench.main_job", ["--timeout", "0"], "--timeout"),
 ]
 
 

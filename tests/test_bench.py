@@ -258,3 +258,17 @@ def test_exactness_table_and_picture(tmp_path: Any) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = md.read_text()
     assert "python -m bench.exactness" in text and "| 2g-shift | valp" in text
+
+
+def test_main_job_report_states_time_budget_and_both_confidences() -> None:
+    from bench.main_job import markdown
+
+    curve = [{"iteration": 700, "FD_digits": 3.1, "KID_digits": 0.07, "classes": 10.0, "confidence": 0.88},
+             {"iteration": 1400, "FD_digits": 2.3, "KID_digits": 0.04, "classes": 10.0, "confidence": 0.9}]
+    rec = {"framework": "torch", "command": "python -m train.torch_wgan --preset digits", "machine": "x86_64, 2 CPUs",
+           "load_before": 0.5, "wall_s": 290.4, "budget_s": 300.0, "train_s": 280.0, "iterations": 1400,
+           "final": curve[-1], "curve": curve, "real_confidence": 0.995, "grid": "main_job_torch.png"}
+    text = markdown(rec)
+    assert "**290 s** (within the 300 s budget)" in text and "FD-digits **2.30**" in text
+    assert "confidence 0.900 (on the real digits: 0.995)" in text and "| 700 | 3.10 |" in text
+    assert "over the 300 s budget" in markdown({**rec, "wall_s": 301.0})

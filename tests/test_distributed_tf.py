@@ -82,7 +82,7 @@ class _ReferencePenalty:
 
     def __init__(self, inner, replicas: int) -> None:
         self.inner, self.replicas = inner, replicas
-        self.name, self.backend, self.reduction = inner.name, inner.backend, inner.reduction
+        self.mode, self.reduction, self.prefix = inner.mode, inner.reduction, inner.prefix
 
     def init_state(self, like):
         return self.inner.init_state(like)
@@ -90,7 +90,7 @@ class _ReferencePenalty:
     def update(self, state, constraint):
         return self.inner.update(state, constraint)
 
-    def __call__(self, critic, real, fake, rng, state, *, fx=None, draws=None):
+    def pair_loss(self, critic, real, fake, rng, state, *, fx=None, draws=None):
         import tensorflow as tf
 
         from train.tf_distributed import ReplicaStream
@@ -100,8 +100,8 @@ class _ReferencePenalty:
                    for r in range(self.replicas)]
         b = int(real.shape[0]) // self.replicas
         assert draws is None  # the trainer passes its generator; the draws are made here
-        draws, _ = self.inner.draws(real, fake, _ShardedStream(streams, b))
-        loss, out = self.inner(critic, real, fake, rng, state, fx=fx, draws=draws)
+        draws, _ = self.inner.pair_draws(real, fake, _ShardedStream(streams, b))
+        loss, out = self.inner.pair_loss(critic, real, fake, None, state, fx=fx, draws=draws)
         return loss, out._replace(rng=rng)
 
 
@@ -263,8 +263,8 @@ def test_distributed_steps_equal_single_process(dist_result: dict, penalty: str)
         for k in a:
             assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5), (k, a[k], b[k])
     if penalty == "valp":  # the multiplier moved, by the replica-averaged constraint
-        assert ref[1]["mu"] > ref[0]["mu"] > 0
-        assert dist[0]["mu"] == pytest.approx(0.5 * dist[0]["mean_violation"], rel=1e-5)
+        assert ref[1]["valp/mu"] > ref[0]["valp/mu"] > 0
+        assert dist[0]["valp/mu"] == pytest.approx(0.5 * dist[0]["valp/mean_violation"], rel=1e-5)
 
 
 def test_replicas_draw_different_penalty_randomness(dist_result: dict) -> None:

@@ -24,7 +24,6 @@ dist = pytest.importorskip("torch.distributed")
 from tests.test_trainer_contract import real_batch as _real  # noqa: E402
 from tests.test_trainer_contract import tiny_cfg as _cfg  # noqa: E402
 from train.loop import run_training  # noqa: E402
-from train.penalties import PenaltyOut  # noqa: E402
 from train.runs import checkpoint as ckpt  # noqa: E402
 from train.runs import logs as tlogs  # noqa: E402
 from train.seeds import stream_seed  # noqa: E402
@@ -150,7 +149,7 @@ class _ShardedPenalty:
 
     def __init__(self, inner: object, seed: int) -> None:
         self.inner = inner
-        self.name, self.backend, self.reduction = inner.name, inner.backend, inner.reduction
+        self.mode, self.reduction, self.prefix = inner.mode, inner.reduction, inner.prefix
         self.rngs = [torch.Generator().manual_seed(stream_seed(seed, "penalty", r)) for r in range(WORLD)]
 
     def init_state(self, like: torch.Tensor) -> object:
@@ -159,21 +158,21 @@ class _ShardedPenalty:
     def update(self, state: object, constraint: object) -> object:
         return self.inner.update(state, constraint)
 
-    def __call__(self, critic, real, fake, rng, state, *, fx=None, draws=None):  # noqa: ANN001, ANN204
+    def pair_loss(self, critic, real, fake, rng, state, *, fx=None, draws=None):  # noqa: ANN001, ANN201
         assert draws is None  # the trainer draws from its stream inside the call
         n, b = real.shape[0], real.shape[0] // WORLD
         parts = []
         for r in range(WORLD):
             rows = slice(r * b, (r + 1) * b)
             fx_r = torch.cat([fx[:n][rows], fx[n:][rows]])
-            loss, out = self.inner(critic, real[rows], fake[rows], self.rngs[r], state, fx=fx_r)
+            loss, out = self.inner.pair_loss(critic, real[rows], fake[rows], self.rngs[r], state, fx=fx_r)
             self.rngs[r] = out.rng
             parts.append((loss, out))
         loss = torch.stack([p[0] for p in parts]).mean()
-        stats = {k: (torch.stack([p[1].stats[k] for p in parts]).max() if k.startswith("max_")
+        stats = {k: (torch.stack([p[1].stats[k] for p in parts]).max() if "/max_" in k
                      else torch.stack([p[1].stats[k] for p in parts]).mean()) for k in parts[0][1].stats}
         constraint = torch.stack([torch.as_tensor(p[1].constraint) for p in parts]).mean()
-        return loss, PenaltyOut(stats, constraint, rng)
+        return loss, out._replace(stats=stats, constraint=constraint, rng=rng)
 
 
 def _reference(name: str) -> tuple[dict[str, np.ndarray], list[dict[str, float]]]:
@@ -185,7 +184,8 @@ def _reference(name: str) -> tuple[dict[str, np.ndarray], list[dict[str, float]]
         tr = TorchWGAN(cfg)
     finally:
         torch.set_default_dtype(torch.float32)
-    tr.penalty = _ShardedPenalty(tr.penalty, cfg.seed)
+    if tr.penalty is not None:
+        tr.penalty = _ShardedPenalty(tr.penalty, cfg.seed)
     metrics = _steps(tr)
     return tr.state_arrays(), metrics
 

@@ -25,6 +25,7 @@ from train.config import (
 )
 from train.seeds import PURPOSES, numpy_stream, stream_seed
 from valr_core import GP, LP, VALP, ValpConfig
+from valr_core.base import replica_reduction
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,16 +57,16 @@ def test_settings_reach_the_core_by_one_name() -> None:
                         "--valp-eps-max", "4", "--valp-n-power", "2", "--valp-start", "gaussian",
                         "--valp-fraction", "0.25", "--no-valp-clip"])
     pen = penalties.penalty_from_config(cfg, "jax")  # builds the core config; imports no framework
-    core = pen.core
+    core = pen
     assert isinstance(core, VALP)
     assert (core.lam, core.reduction, core.mode, core.rho, core.K, core.xi, core.eps_min, core.eps_max,
             core.n_power, core.start, core.fraction, core.clip) == (
         3.0, "max", "squared", ValpConfig().rho, 2.0, 5.0, 0.5, 4.0, 2, "gaussian", 0.25, None)
     assert parse_config(["--preset", "smoke", "--valp-clip"]).clip == (-1.0, 1.0)
     gp = penalties.penalty_from_config(parse_config(["--penalty", "lp", "--lam", "5", "--reduction", "sum"]), "torch")
-    assert isinstance(gp.core, LP) and (gp.core.lam, gp.core.reduction, gp.core.mode) == (5.0, "sum", "squared")
-    assert isinstance(penalties.make_penalty("gp", "tf").core, GP)
-    assert penalties.make_penalty("none", "tf").core is None
+    assert isinstance(gp, LP) and (gp.lam, gp.reduction, gp.mode) == (5.0, "sum", "squared")
+    assert isinstance(penalties.make_penalty("gp", "tf"), GP)
+    assert penalties.make_penalty("none", "tf") is None
     # Round trip through config.json (JSON has no tuples).
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     on = preset_config("paper")
@@ -182,11 +183,12 @@ def test_penalty_factory_rejects_unknown_names_and_settings() -> None:
 
 
 def test_replica_reductions_follow_the_penalty() -> None:
-    keys = ["penalty", "constraint", "wdist", "mean_violation", "max_violation", "max_quotient", "mu"]
-    assert penalties.reductions_for(keys, "sum") == {
-        "penalty": "sum", "constraint": "sum", "wdist": "mean", "mean_violation": "mean",
-        "max_violation": "max", "max_quotient": "max", "mu": "mean"}
-    assert penalties.replica_reduction("penalty", "max") == "max"
+    keys = ["valp/penalty", "constraint", "critic/wdist", "valp/mean_violation", "valp/max_violation",
+            "valp/max_quotient", "valp/mu", "gp/max_grad_norm"]
+    assert {k: replica_reduction(k, "sum") for k in keys} == {
+        "valp/penalty": "sum", "constraint": "sum", "critic/wdist": "mean", "valp/mean_violation": "mean",
+        "valp/max_violation": "max", "valp/max_quotient": "max", "valp/mu": "mean", "gp/max_grad_norm": "max"}
+    assert replica_reduction("lp/penalty", "max") == "max"
 
 
 def test_precision_flag_reaches_the_config() -> None:

@@ -649,7 +649,7 @@ class ToyTrainer:
         self.w = np.clip(self.w, -0.01, 0.01)
         if self.nan_at is not None and step == self.nan_at:
             loss = float("nan")
-        return {"loss": loss, "violation_frac": float(clipped.mean())}
+        return {"critic/loss": loss, "valp/violation_frac": float(clipped.mean())}  # logged names
 
     def generator_step(self, step: int) -> dict[str, float]:
         lr = lr_at(self.cfg.lr_g, step, self.cfg.steps, self.cfg.lr_decay)
@@ -661,7 +661,7 @@ class ToyTrainer:
         self.ema = d * self.ema + (1 - d) * self.g
         if self.signal_at is not None and step == self.signal_at:
             signal.raise_signal(signal.SIGTERM)
-        return {"loss": loss}
+        return {"gen/loss": loss}
 
     def sample(self, z: np.ndarray) -> np.ndarray:
         return tdata.to_uint8(np.tanh(z @ self.ema).reshape(len(z), 32, 32, 3))
@@ -730,7 +730,7 @@ def test_loop_stops_on_nan_and_keeps_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteError) as e:
         run_training(ToyTrainer(cfg, nan_at=6), cfg, data=_TOY_DATA)
     msg = str(e.value)
-    assert "critic step 1/2 at iteration 7 returned loss=nan" in msg and "ckpt-000000005.npz" in msg
+    assert "critic step 1/2 at iteration 7 returned critic/loss=nan" in msg and "ckpt-000000005.npz" in msg
     latest = ckpt.load_latest(tmp_path / "checkpoints")
     assert latest is not None and latest.step == 5
     assert max(r["step"] for r in tlogs.read_jsonl(tmp_path / "metrics.jsonl")) == 6
@@ -806,5 +806,5 @@ def test_loop_skip_nonfinite_rolls_back_and_skips(tmp_path: Path, caplog: pytest
     assert not np.array_equal(a, b)
     # Only as often as allowed: a trainer that keeps diverging still stops.
     cfg2 = _toy_cfg(tmp_path / "again", skip_nonfinite=2)
-    with pytest.raises(NonFiniteError, match="iteration 7 returned loss=nan"):
+    with pytest.raises(NonFiniteError, match="iteration 7 returned critic/loss=nan"):
         run_training(ToyTrainer(cfg2, nan_at=6), cfg2, data=_TOY_DATA)

@@ -30,14 +30,21 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 REPO = Path(__file__).resolve().parents[1]
 _DATA = np.random.default_rng(3).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
 
-# The metric names of a critic step, per penalty: the same in every framework.
-_BASE = {"loss", "wdist", "mu", "penalty"}
-_VIOLATIONS = {"mean_violation", "max_violation", "violating_fraction"}
+# The metric names of a critic step, per penalty: the same in every framework, and the core's
+# aux.stats names for the penalty's statistics.
+_OBJECTIVE = {"critic/loss", "critic/wdist"}
+_VIOLATIONS = ("penalty", "mu", "mean_violation", "max_violation", "violating_fraction")
+
+
+def _names(prefix: str, *extra: str) -> set[str]:
+    return _OBJECTIVE | {f"{prefix}/{s}" for s in (*_VIOLATIONS, *extra)}
+
+
 CRITIC_KEYS = {
-    "valp": _BASE | _VIOLATIONS | {"mean_quotient", "max_quotient", "dropped_fraction"},
-    "gp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
-    "lp": _BASE | _VIOLATIONS | {"mean_grad_norm", "max_grad_norm"},
-    "none": _BASE,
+    "valp": _names("valp", "mean_quotient", "max_quotient", "dropped_fraction"),
+    "gp": _names("gp", "mean_grad_norm", "max_grad_norm"),
+    "lp": _names("lp", "mean_grad_norm", "max_grad_norm"),
+    "none": _OBJECTIVE,
 }
 
 
@@ -75,11 +82,12 @@ def test_steps_update_the_models_and_report_the_shared_metrics(framework: str, p
     m = tr.critic_step(real_batch(), step=0)
     assert set(m) == CRITIC_KEYS[penalty]
     assert all(isinstance(v, float) and math.isfinite(v) for v in m.values()), m
-    assert math.isclose(m["loss"], m["penalty"] - m["wdist"], rel_tol=1e-5, abs_tol=1e-6)
+    pen = m.get(f"{penalty}/penalty", 0.0)
+    assert math.isclose(m["critic/loss"], pen - m["critic/wdist"], rel_tol=1e-5, abs_tol=1e-6)
     if penalty == "none":
-        assert m["penalty"] == 0.0 and m["mu"] == 0.0
+        assert float(tr.state_arrays()[contract.MU_KEY]) == 0.0
     g = tr.generator_step(step=0)
-    assert set(g) == set(contract.GENERATOR_METRICS) and math.isfinite(g["loss"])
+    assert set(g) == {contract.GEN_LOSS} and math.isfinite(g["gen/loss"])
     after = tr.state_arrays()
     for prefix in ("gen", "critic", "ema", "opt_g", "opt_d"):
         changed = [k for k in group(before, prefix) if not np.array_equal(before[k], after[k])]
@@ -89,10 +97,10 @@ def test_steps_update_the_models_and_report_the_shared_metrics(framework: str, p
 def test_gp_penalty_is_the_core_definition_in_the_trainer(framework: str) -> None:
     """The trainer's GP value is lam * mean((|g| - 1)^2) >= 0 with the reported grad norms."""
     m = make(framework, tiny_cfg(penalty="gp", lam=10.0)).critic_step(real_batch(), step=0)
-    assert m["mean_grad_norm"] > 0 and m["max_grad_norm"] >= m["mean_grad_norm"]
+    assert m["gp/mean_grad_norm"] > 0 and m["gp/max_grad_norm"] >= m["gp/mean_grad_norm"]
     # (mean |g|-1)^2 <= mean (|g|-1)^2 (Jensen): a lower bound that a wrong reduction breaks.
-    assert m["penalty"] >= 10.0 * (m["mean_grad_norm"] - 1.0) ** 2 * (1 - 1e-5)
-    assert m["mean_violation"] >= abs(m["mean_grad_norm"] - 1.0) * (1 - 1e-5)
+    assert m["gp/penalty"] >= 10.0 * (m["gp/mean_grad_norm"] - 1.0) ** 2 * (1 - 1e-5)
+    assert m["gp/mean_violation"] >= abs(m["gp/mean_grad_norm"] - 1.0) * (1 - 1e-5)
 
 
 @pytest.mark.parametrize("penalty,mode", [("valp", "al"), ("lp", "al")])
@@ -104,10 +112,10 @@ def test_al_multiplier_follows_the_spec_convention(framework: str, penalty: str,
     for i in range(3):
         m = tr.critic_step(real_batch(seed=i), step=0)
         if penalty == "valp":  # K = 0: every sample violates, so the loss must go up
-            assert m["mean_violation"] > 0 and m["penalty"] > 0
-        want = max(0.0, mu + rho * m["mean_violation"])  # mu <- max(0, mu + rho * R(L)), R = mean
-        np.testing.assert_allclose(m["mu"], want, rtol=1e-5)
-        mu = m["mu"]
+            assert m["valp/mean_violation"] > 0 and m["valp/penalty"] > 0
+        want = max(0.0, mu + rho * m[f"{penalty}/mean_violation"])  # mu <- max(0, mu + rho * R(L)), R = mean
+        np.testing.assert_allclose(m[f"{penalty}/mu"], want, rtol=1e-5)
+        mu = m[f"{penalty}/mu"]
         np.testing.assert_allclose(tr.state_arrays()[contract.MU_KEY], mu, rtol=1e-7)
     tr.generator_step(step=0)  # the generator step leaves the multiplier alone
     np.testing.assert_allclose(tr.state_arrays()[contract.MU_KEY], mu, rtol=1e-7)
@@ -254,7 +262,7 @@ def test_cli_smoke_end_to_end(framework: str, tmp_path: Path) -> None:
     assert (out / "samples" / "step_0000002.png").is_file()
     last = tlogs.read_jsonl(out / "metrics.jsonl")[-1]
     assert last["step"] == 2
-    logged = {("critic/" if k in ("loss", "wdist") else "valp/") + k for k in CRITIC_KEYS["valp"]}  # the core's names
+    logged = CRITIC_KEYS["valp"]  # the core's names
     assert logged | {"gen/loss"} <= set(last)
     assert all(math.isfinite(last[k]) for k in logged)
     assert not [k for k in last if k.startswith(("critic/mean", "critic/max", "critic/mu", "d_"))]

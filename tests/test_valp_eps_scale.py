@@ -112,6 +112,31 @@ def test_auto_radii_are_the_drawn_ones_times_the_batch_scale(framework: str, fra
     assert "valp/eps_scale" not in VALP(K=0.0).loss(_linear(h, w), xt, draws=draws)[1].stats
 
 
+def test_auto_is_scale_equivariant(framework: str) -> None:
+    """The defining property of data-scaled radii: rescaling the data by c (x -> c x, critic
+    g(z) = c f(z / c), the same function in the new units) rescales r_adv by c and leaves every
+    quotient as it was; absolute radii change the quotients. A nonlinear critic, so the
+    quotients depend on where r_adv lands, and xi's scaling is exercised too."""
+    h = harness(framework)
+    x, w = _x(12, scale=0.2), np.random.default_rng(1).normal(size=(5,))
+    draws = Draws(h.tensor(_x(12, seed=2), "float64"), h.tensor(np.linspace(0.1, 10.0, 12), "float64"), None)
+    wt = h.tensor(w, "float64")
+    xp = get_backend(framework).namespace(wt)
+
+    def results(c: float, setting: str) -> tuple[np.ndarray, np.ndarray]:
+        def critic(z: Any) -> Any:
+            return c * xp.sum(xp.tanh(3.0 * (z / c) * wt), axis=1)
+
+        res, _ = VALP(eps_scale=setting, K=0.0).violations(critic, h.tensor(c * x, "float64"), draws=draws)
+        return h.numpy(res.quotients), h.numpy(res.r_adv)
+
+    (q1, r1), (q7, r7) = results(1.0, "auto"), results(7.3, "auto")
+    np.testing.assert_allclose(q7, q1, rtol=1e-10)
+    np.testing.assert_allclose(r7, 7.3 * r1, rtol=1e-10, atol=1e-14)
+    with pytest.warns(UserWarning, match="absolute radii"):  # x's median distance is 0.56 here
+        assert np.abs(results(7.3, "none")[0] / results(1.0, "none")[0] - 1).max() > 1e-2
+
+
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_auto_penalty_and_gradients_match_the_reference(framework: str, kind: str, dtype: str) -> None:

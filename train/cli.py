@@ -13,18 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from train import resume
+from train import loop, resume
 from train.config import ConfigError, TrainConfig, build_parser, parse_config
 from train.data import DataError, load_dataset
-from train.loop import (
-    CHECKPOINT_DIR,
-    NonFiniteError,
-    PreflightError,
-    ResumeError,
-    Trainer,
-    check_batch_fits,
-    run_training,
-)
 from train.runs import checkpoint as ckpt
 
 log = logging.getLogger("valr.train")
@@ -42,7 +33,6 @@ class _TqdmLogHandler(logging.Handler):
             self.handleError(record)
 
 
-
 def _setup_logging() -> None:
     if not log.handlers:
         handler = _TqdmLogHandler()
@@ -53,8 +43,8 @@ def _setup_logging() -> None:
 
 
 # Errors a user causes with a flag or a file: exit status 2 (usage), one line.
-_USAGE_ERRORS = (ConfigError, DataError, ckpt.CheckpointError, ResumeError, PreflightError, FileExistsError,
-                 FileNotFoundError)
+_USAGE_ERRORS = (ConfigError, DataError, ckpt.CheckpointError, loop.ResumeError, loop.PreflightError,
+                 FileExistsError, FileNotFoundError)
 
 
 def _one_line(text: str) -> str:
@@ -68,7 +58,7 @@ def describe_error(error: BaseException) -> tuple[int, str]:
         return 128 + int(signal.SIGINT), _one_line(error) or "interrupted"
     if isinstance(error, _USAGE_ERRORS):
         return 2, _one_line(error)
-    if isinstance(error, NonFiniteError):
+    if isinstance(error, loop.NonFiniteError):
         return 1, _one_line(error)
     if isinstance(error, OSError) and error.filename is not None:
         return 1, f"{error.filename}: {error.strerror or _one_line(error)}"
@@ -76,19 +66,11 @@ def describe_error(error: BaseException) -> tuple[int, str]:
     return 1, f"{type(error).__name__}: {_one_line(error)}{hint}"
 
 
-def main(
-    framework: str,
-    make_trainer: Callable[[TrainConfig], Trainer],
-    argv: Sequence[str] | None = None,
-    *,
-    parser: Any = None,
-) -> int:
-    """Command-line entry shared by the trainers: ``sys.exit(main("torch", TorchWGAN))``.
-
-    Returns 0 when completed, 128 + signal when interrupted (after a checkpoint), 1 when the
-    run diverged or failed at run time, 2 on configuration / data / checkpoint / output-directory
-    errors. Errors are one line on stderr; ``--debug`` prints the traceback as well.
-    """
+def main(framework: str, make_trainer: Callable[[TrainConfig], loop.Trainer], argv: Sequence[str] | None = None,
+         *, parser: Any = None) -> int:
+    """Command-line entry shared by the trainers. Returns 0 when completed, 128 + signal when
+    interrupted (after a checkpoint), 1 when the run diverged or failed, 2 on configuration, data,
+    checkpoint or output-directory errors; errors are one line (``--debug``: and the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args  # declared by build_parser; not a setting of the run
     parser = parser or build_parser(framework)
@@ -106,11 +88,11 @@ def main(
             print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
             return 0
         # Before building models: fail in seconds, not minutes.
-        resume.check_out_dir(cfg, resume.find_checkpoint(cfg, Path(cfg.out) / CHECKPOINT_DIR))
+        resume.check_out_dir(cfg, resume.find_checkpoint(cfg, Path(cfg.out) / resume.CHECKPOINT_DIR))
         data = load_dataset(cfg.data, cfg.data_path, download=cfg.download)
-        check_batch_fits(cfg, data)
+        loop.check_batch_fits(cfg, data)
         trainer = make_trainer(cfg)
-        result = run_training(trainer, cfg, data=data, argv=[f"python -m train.{framework}_wgan", *args])
+        result = loop.run_training(trainer, cfg, data=data, argv=[f"python -m train.{framework}_wgan", *args])
     except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - the one place errors become exit codes
         if debug:
             traceback.print_exc(file=sys.stderr)

@@ -1,10 +1,6 @@
-"""Training configuration shared by the torch, TF and JAX WGAN trainers, generated from the one
-settings table (``train.settings.SETTINGS``): ``TrainConfig`` and its validation, the command line
-with each preset's values in ``--help``, ``--config`` type checks and the presets.
-
-A ``TrainConfig`` is valid once constructed: every setting is checked against its declared type
-and rule where the table is read (``__post_init__``), the penalty settings by the core.
-"""
+"""Training configuration of the torch, TF and JAX trainers, generated from the settings table
+(``train.settings.SETTINGS``): ``TrainConfig``, valid once constructed (each setting checked against
+its type and rule, the penalty settings by the core), the command line and the presets."""
 
 from __future__ import annotations
 
@@ -18,13 +14,11 @@ from typing import Any
 
 from train.penalties import DATA_RANGE, PAPER_MODES, PENALTY_FIELDS, VALP_FIELDS
 from train.seeds import stream_seed
-from train.settings import BY_NAME, PRESET_NAMES, PRESETS, SETTINGS, Setting
+from train.settings import BY_NAME, PRESET_NAMES, PRESETS, RUN_INFO_KEY, SETTINGS, Setting
 from valr_core import ValpConfig
 
 _CORE = ValpConfig()  # the core's defaults (the paper mode of each penalty: PAPER_MODES)
-RUN_INFO_KEY = "run"  # config.json's record of the launch (train.resume owns every resume rule)
-GROUPS = ("run", "data", "optimisation", "model", "penalty", "logging and evaluation")
-# Penalty flags: core field -> (flag, type, choices or "bool", help), for tools that list them.
+# Penalty flags: core field -> (flag, type or choices or "bool", help), for tools that list them.
 FLAGS: dict[str, tuple[str, Any, str]] = {
     s.name: (s.option, "bool" if s.name == "clip" else s.choices or s.kind, s.help)
     for s in SETTINGS if s.name in PENALTY_FIELDS}
@@ -34,51 +28,28 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the command-line flag (or the --config key)."""
 
 
-def flag(name: str) -> str:
-    """The command-line flag of a setting."""
-    return BY_NAME[name].option if name in BY_NAME else "--" + name.replace("_", "-")
-
-
 def lr_at(base_lr: float, step: int, total_steps: int, decay: str = "linear") -> float:
     """Learning rate for the update made at 0-based iteration ``step`` (linear: to 0 at the end)."""
-    if decay == "constant":
-        return base_lr
-    return base_lr * max(0.0, 1.0 - step / total_steps)
+    return base_lr if decay == "constant" else base_lr * max(0.0, 1.0 - step / total_steps)
 
-
-# ----------------------------------------------------------------------------- types
 
 _KIND_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                dict: "a JSON object", tuple: "a list of two numbers"}
-
-
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
 
 
 def has_kind(value: Any, setting: Setting) -> bool:
     """``value`` has the setting's declared type: bool is not an int, a number is not a string."""
     if value is None:
         return setting.optional
-    kind = setting.kind
-    if kind is float:
-        return _number(value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind is tuple:
-        return isinstance(value, list | tuple) and len(value) == 2 and all(_number(v) for v in value)
-    return isinstance(value, kind)
+    if setting.kind is tuple:
+        return isinstance(value, list | tuple) and len(value) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    kind = int | float if setting.kind is float else setting.kind  # an int is a number
+    return isinstance(value, kind) and (setting.kind is bool or not isinstance(value, bool))
 
 
 def _expected(setting: Setting) -> str:
     return _KIND_WORDS[setting.kind] + (" or null" if setting.optional else "")
-
-
-def _type_text(value: Any) -> str:
-    return f"{json.dumps(value)} ({type(value).__name__})"
-
-
-# ----------------------------------------------------------------------------- TrainConfig
 
 
 class _TrainConfigMethods:
@@ -103,15 +74,12 @@ class _TrainConfigMethods:
             raise ConfigError("--data folder needs --data-path pointing to a folder of images")
         if self.eval_every > 0 and self.eval_samples < 10:
             raise ConfigError(f"--eval-samples must be >= 10 when --eval-every is set, got {self.eval_samples!r}")
-        self._validate_penalty()
-
-    def _validate_penalty(self) -> None:
-        """The core's validation (one rule set), its message prefixed with the flag's name."""
-        try:
+        try:  # the core's validation (one rule set), its message prefixed with the flag's name
             ValpConfig(**self.penalty_settings())
         except (TypeError, ValueError) as e:
             field_name = str(e).split(" ", 1)[0].split("[", 1)[0]
-            raise ConfigError(f"{flag(field_name) if field_name in BY_NAME else '--' + self.penalty}: {e}") from None
+            option = BY_NAME[field_name].option if field_name in BY_NAME else "--" + self.penalty
+            raise ConfigError(f"{option}: {e}") from None
 
     def validate(self) -> TrainConfig:
         """Validation happens at construction; this re-checks a config changed in place."""
@@ -123,14 +91,11 @@ class _TrainConfigMethods:
         return self.data_seed if self.data_seed is not None else stream_seed(self.seed, "data")
 
     def architecture(self) -> dict[str, Any]:
-        """The fields a checkpoint must match to be loadable into this run's models
-        (a trainer may add its own under ``extra["architecture"]``)."""
+        """What a checkpoint must match to load into this run's models (a trainer may add its own
+        under ``extra["architecture"]``)."""
         return {
-            "z_dim": self.z_dim,
-            "gen_channels": self.gen_channels,
-            "critic_channels": self.critic_channels,
-            "image_size": self.image_size,
-            "image_channels": 3,
+            "z_dim": self.z_dim, "gen_channels": self.gen_channels, "critic_channels": self.critic_channels,
+            "image_size": self.image_size, "image_channels": 3,
             **({"arch": self.arch} if self.arch != "resnet" else {}),  # resnet checkpoints predate it
             **({"critic_norm": self.critic_norm} if self.critic_norm != "none" else {}),
             **dict(self.extra.get("architecture", {})),
@@ -142,12 +107,12 @@ class _TrainConfigMethods:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
         """Settings from JSON, each checked against its declared type first; ConfigError names the key."""
-        unknown = sorted(set(d) - set(BY_NAME))
-        if unknown:
+        if unknown := sorted(set(d) - set(BY_NAME)):
             raise ConfigError(f"unknown config field(s) {unknown}")
         for key, value in d.items():
             if not has_kind(value, BY_NAME[key]):
-                raise ConfigError(f"{key!r} must be {_expected(BY_NAME[key])}, got {_type_text(value)}")
+                got = f"{json.dumps(value)} ({type(value).__name__})"
+                raise ConfigError(f"{key!r} must be {_expected(BY_NAME[key])}, got {got}")
         return cls(**d)  # type: ignore[return-value]
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -156,39 +121,33 @@ class _TrainConfigMethods:
     def penalty_settings(self) -> dict[str, Any]:
         """The penalty fields, by the core's names (what ``train.penalties.make_penalty`` takes);
         an unset mode is the penalty's paper mode."""
-        settings = {name: getattr(self, name) for name in PENALTY_FIELDS if name in BY_NAME}
+        settings = {name: getattr(self, name) for name in PENALTY_FIELDS}
         if settings["mode"] is None:
             settings["mode"] = PAPER_MODES.get(self.penalty, _CORE.mode)
         return settings
 
 
-def _field(s: Setting) -> tuple[str, Any, Any]:
-    if s.kind is dict:
-        return s.name, Any, dataclasses.field(default_factory=dict)
-    return s.name, Any, dataclasses.field(default=s.default)
-
-
 TrainConfig = dataclasses.make_dataclass(
-    "TrainConfig", [_field(s) for s in SETTINGS], bases=(_TrainConfigMethods,),
+    "TrainConfig", [(s.name, Any, dataclasses.field(default_factory=dict) if s.kind is dict
+                     else dataclasses.field(default=s.default)) for s in SETTINGS], bases=(_TrainConfigMethods,),
     namespace={"__doc__": "Every setting of a training run (train.settings.SETTINGS); valid once constructed."})
 TrainConfig.__module__ = __name__
 
 
 def preset_config(name: str, **overrides: Any) -> TrainConfig:
+    """The preset's settings with ``overrides`` applied."""
     if name not in PRESETS:
         raise ConfigError(f"--preset must be one of {PRESET_NAMES}, got {name!r}")
     return TrainConfig(preset=name, **{**PRESETS[name], **overrides})
 
 
 def ignored_settings(cfg: TrainConfig) -> dict[str, str]:
-    """The settings the chosen penalty and mode never read, each with what is used instead: a
-    flag given for one of these is refused rather than silently ignored."""
+    """The settings the chosen penalty and mode never read, each with what is used instead (a flag
+    given for one is refused, not silently ignored)."""
     if cfg.penalty == "none":
         return dict.fromkeys(PENALTY_FIELDS, "--penalty none adds no penalty (weight clipping is --clip-weights)")
-    ignored = {}
-    if cfg.penalty != "valp":
-        ignored = dict.fromkeys(VALP_FIELDS, f"--penalty {cfg.penalty} has no VALP settings (it uses --lam, "
-                                             "--mode, --rho and --reduction)")
+    ignored = {} if cfg.penalty == "valp" else dict.fromkeys(
+        VALP_FIELDS, f"--penalty {cfg.penalty} has no VALP settings (it uses --lam, --mode, --rho and --reduction)")
     mode = cfg.penalty_settings()["mode"]
     if mode == "al":
         ignored["lam"] = "with --mode al (VALP's default) the penalty is mu * R(L) + rho/2 * R(L^2): set --rho instead"
@@ -197,23 +156,12 @@ def ignored_settings(cfg: TrainConfig) -> dict[str, str]:
     return ignored
 
 
-# ----------------------------------------------------------------------------- argparse
-
-
-class _ClipAction(argparse.Action):
-    """--valp-clip / --no-valp-clip: the core's clip range is the data range, or None."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
-        # False, not None: None means "flag not given" to config_from_args.
-        setattr(namespace, self.dest, not (option_string or "").startswith("--no-"))
-
-
 def _add_flag(group: Any, s: Setting) -> None:
-    if s.name == "clip":
-        group.add_argument(s.option, dest=s.name, action=_ClipAction, nargs=0, default=None,
+    if s.name == "clip":  # True / False (None: not given); given_settings makes it the range or None
+        group.add_argument(s.option, dest=s.name, action="store_const", const=True, default=None,
                            help=f"{s.help}; --no-{s.option[2:]} turns it off")
-        group.add_argument("--no-" + s.option[2:], dest=s.name, action=_ClipAction, nargs=0, help=argparse.SUPPRESS)
+        group.add_argument("--no-" + s.option[2:], dest=s.name, action="store_const", const=False,
+                           help=argparse.SUPPRESS)
     elif s.name == "resume":
         group.add_argument(s.option, dest=s.name, nargs="?", const="auto", default=None, help=s.help)
     elif s.kind is bool:
@@ -232,7 +180,7 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
         prog=f"python -m train.{framework}_wgan" if framework else None,
         description=description or f"WGAN with VALP / GP / LP on CIFAR-10 ({framework or 'any framework'})",
     )
-    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    groups = {name: p.add_argument_group(name) for name in dict.fromkeys(s.group for s in SETTINGS)}
     run = groups["run"]
     run.add_argument("--preset", choices=PRESET_NAMES, default="paper", help="base settings (default: paper)")
     run.add_argument("--config", dest="config_file", default=None, metavar="RUN_DIR/config.json",
@@ -249,8 +197,7 @@ def build_parser(framework: str = "", description: str | None = None) -> argpars
 
 
 class _PresetDefaultsFormatter(argparse.HelpFormatter):
-    """Shows each setting's value under the chosen preset in --help (``--preset smoke --help``:
-    the smoke values), like argparse's ArgumentDefaultsHelpFormatter does for plain defaults."""
+    """--help with each setting's value under the chosen preset (``--preset smoke --help``: smoke's)."""
 
     def __init__(self, prog: str, preset: str = "paper", **kwargs: Any) -> None:
         super().__init__(prog, **kwargs)
@@ -273,30 +220,35 @@ def _show_preset_in_help(parser: argparse.ArgumentParser, argv: Sequence[str] | 
         parser.formatter_class = functools.partial(_PresetDefaultsFormatter, preset=preset)  # type: ignore[assignment]
 
 
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given (unset ones are None) as settings: ``--lr`` is --lr-g and --lr-d, the
+    clip switch the data range or None; a trainer's own flags stay under their names."""
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k not in ("preset", "lr", "debug", "config_file", "print_config")}
+    if getattr(args, "lr", None) is not None:
+        given.setdefault("lr_g", args.lr)
+        given.setdefault("lr_d", args.lr)
+    if "clip" in given:
+        given["clip"] = DATA_RANGE if given["clip"] else None
+    return given
+
+
 def config_from_args(args: argparse.Namespace, framework: str = "") -> TrainConfig:
     """Preset (or ``--config``) + explicitly given flags -> a TrainConfig (ConfigError names the flag)."""
-    overrides = {k: v for k, v in vars(args).items()
-                 if v is not None and k not in ("preset", "lr", "debug", "config_file", "print_config")}
-    if getattr(args, "lr", None) is not None:
-        overrides.setdefault("lr_g", args.lr)
-        overrides.setdefault("lr_d", args.lr)
-    if "clip" in overrides:
-        overrides["clip"] = DATA_RANGE if overrides["clip"] else None
+    overrides = given_settings(args)
     # Flags a trainer adds to the shared parser land in cfg.extra.
     extra = {k: overrides.pop(k) for k in list(overrides) if k not in BY_NAME}
     if framework:
         overrides["framework"] = framework
     config_file = getattr(args, "config_file", None)
     if config_file:
-        saved = saved_settings(config_file)
-        cfg = TrainConfig.from_dict({**saved, "resume": None, **overrides})
+        cfg = TrainConfig.from_dict({**saved_settings(config_file), "resume": None, **overrides})
     else:
         cfg = preset_config(args.preset, **overrides)
     cfg.extra.update(extra)
     for name in overrides:
-        reason = ignored_settings(cfg).get(name)
-        if reason:
-            raise ConfigError(f"{flag(name)} has no effect here: {reason}")
+        if reason := ignored_settings(cfg).get(name):
+            raise ConfigError(f"{BY_NAME[name].option} has no effect here: {reason}")
     return cfg
 
 
@@ -325,8 +277,8 @@ def read_run_config(path: Path, option: str) -> dict[str, Any]:
 
 
 def saved_settings(path: str | Path) -> dict[str, Any]:
-    """The settings of a saved run's config.json (its launch record dropped); ConfigError names
-    ``--config`` and the file when it is missing or not a config."""
+    """The settings of a saved run's config.json, its launch record dropped (ConfigError names
+    ``--config`` and the file)."""
     p = Path(path)
     p = p / "config.json" if p.is_dir() else p
     data = read_run_config(p, "--config")

@@ -1,85 +1,95 @@
-"""The trainer contract the three framework trainers share: the WGAN objectives, the metric
-names and the checkpoint key schema. A framework trainer adds only what its framework forces:
-the autodiff call around these functions, the optimiser, and device placement.
-
-Objectives (paper section 4, WGAN-GP's CIFAR-10 setup; README "Training"): the critic minimises
-``E f(G(z)) - E f(x) + penalty`` on one pass over concat([real, fake]) (whose scores VALP
-reuses), and the generator minimises ``-E f(G(z))``. Math goes through the framework's array
-namespace, so the same lines run on torch, TF and JAX tensors (and inside jit/tf.function).
-"""
+"""The trainers' shared contract (docs/trainers.md): WGAN objectives, metric names, checkpoint keys,
+in array-namespace math that runs on torch, TF and JAX tensors, inside jit and tf.function too."""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from train.penalties import Penalty, PenaltyOut
-from valr_core import ALState, get_backend
+from train.penalties import Penalty
+from valr_core import VALP, ALState, backend_for
+from valr_core.base import replica_reduction
+from valr_core.precision import astype
 
 FRAMEWORKS = ("torch", "tf", "jax")
 
-# Checkpoint keys every trainer uses for the state that is not model weights.
 MU_KEY = "penalty/mu"  # the AL multiplier (float32; 0 and unused without AL)
 RNG_LATENTS_KEY = "rng/latents"
 RNG_PENALTY_KEY = "rng/penalty"
-# Model and optimiser state live under these prefixes ("<prefix>/<framework's own name>").
-STATE_PREFIXES = ("gen", "critic", "ema", "opt_g", "opt_d")
+STATE_PREFIXES = ("gen", "critic", "ema", "opt_g", "opt_d")  # "<prefix>/<framework's own name>"
 
-# Metrics of every critic step: these, plus the penalty's statistics (train.penalties).
-CRITIC_METRICS = ("loss", "wdist", "mu")
-GENERATOR_METRICS = ("loss",)
-# The objective's own metrics, logged as critic/<name>; the penalty's are logged under the core's
-# aux.stats names (valp/mean_violation, gp/mean_grad_norm, valp/mu, ...): one name everywhere.
-OBJECTIVE_METRICS = ("loss", "wdist")
+# Besides these, a step's metrics carry the penalty's core aux.stats names (valp/mu, ...).
+CRITIC_LOSS, CRITIC_WDIST, GEN_LOSS = "critic/loss", "critic/wdist", "gen/loss"
 
 
-def logged_names(penalty: str, metrics: Mapping[str, Any], role: str = "critic") -> dict[str, Any]:
-    """A step's metrics under the names logs, CSV, TensorBoard and progress bars use. Without a
-    penalty (``none``) there are no penalty statistics to log."""
-    if role != "critic":
-        return {f"{role}/{k}": v for k, v in metrics.items()}
-    return {(f"critic/{k}" if k in OBJECTIVE_METRICS else f"{penalty}/{k}"): v
-            for k, v in metrics.items() if k in OBJECTIVE_METRICS or penalty != "none"}
+class PenaltyStep(NamedTuple):
+    constraint: Any  # detached R(L): what multiplier_step consumes (0 without a penalty)
+    rng: Any  # the penalty's next random state
 
 
-def critic_objective(
-    penalty: Penalty,
-    critic: Callable[[Any], Any],
-    real: Any,
-    fake: Any,
-    rng: Any,
-    state: ALState,
-    scores: Any,
-    *,
-    draws: Any = None,
-    wdist_weight: float = 1.0,
-    penalty_weight: float | Callable[[Any], Any] = 1.0,
-) -> tuple[Any, dict[str, Any], PenaltyOut]:
-    """The critic's loss ``penalty_weight * penalty - wdist_weight * wdist`` and its metrics.
+def initial_multiplier(penalty: Penalty, like: Any) -> ALState:
+    """mu = 0 as the core makes it, a float32 scalar on ``like``'s framework and device."""
+    return (penalty or VALP()).init_state(astype(backend_for(like), like, "float32"))
 
-    ``scores`` = critic(concat([real, fake])). The weights are 1 on one device; data-parallel
-    trainers pass each replica's share of the global loss (``penalty_weight`` may be a function
-    of the penalty's value, for the max reduction). Metrics hold the unweighted values."""
-    xp = get_backend(penalty.backend).namespace(scores)
+
+def multiplier_step(penalty: Penalty, state: ALState, constraint: Any) -> ALState:
+    """The AL step mu <- max(0, mu + rho * constraint); the identity without AL (mode="al").
+    The constraint is taken in mu's dtype (float32) first, so mu keeps one dtype and every
+    replica, whatever dtype its reduction used, computes the same step."""
+    if penalty is None or penalty.mode != "al":
+        return state
+    return penalty.update(state, astype(backend_for(state.mu), constraint, state.mu.dtype))
+
+
+def reduction_of(penalty: Penalty) -> str:
+    return "mean" if penalty is None else penalty.reduction
+
+
+def reduce_over_replicas(metrics: Mapping[str, Any], constraint: Any, reduction: str,
+                         reduce: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    """Metrics and constraint combined over replicas by ``reduce(values, how)`` (``replica_reduction``)."""
+    values = {**{k: v for k, v in metrics.items() if k != CRITIC_LOSS}, "constraint": constraint}
+    reduced = reduce(values, {k: replica_reduction(k, reduction) for k in values})
+    constraint = reduced.pop("constraint")
+    penalty = sum(v for k, v in reduced.items() if k.endswith("/penalty"))
+    return {CRITIC_LOSS: penalty - reduced[CRITIC_WDIST], **reduced}, constraint
+
+
+def critic_objective(penalty: Penalty, critic: Callable[[Any], Any], real: Any, fake: Any, rng: Any,
+                     state: ALState, scores: Any, *, wdist_weight: float = 1.0,
+                     penalty_weight: float | Callable[[Any], Any] = 1.0
+                     ) -> tuple[Any, dict[str, Any], PenaltyStep]:
+    """The critic's loss ``penalty_weight * penalty - wdist_weight * wdist`` and its unweighted metrics;
+    ``scores`` = critic(concat([real, fake])); data-parallel trainers pass each replica's share."""
+    backend = backend_for(scores)
+    xp = backend.namespace(scores)
     n = real.shape[0]
     wdist = xp.mean(scores[:n]) - xp.mean(scores[n:])
-    value, out = penalty(critic, real, fake, rng, state, fx=scores, draws=draws)
+    if penalty is None:
+        value = xp.zeros((), dtype=scores.dtype)
+        stats, step = {}, PenaltyStep(value, rng)
+    else:
+        draws = None
+        if not backend.is_rng(rng):  # data-parallel TF's per-replica stateless stream (tf_distributed)
+            draws, rng = penalty.pair_draws(real, fake, rng)
+        value, aux = penalty.pair_loss(critic, real, fake, None if draws is not None else rng,
+                                       state if penalty.mode == "al" else None, fx=scores, draws=draws)
+        stats, step = aux.stats, PenaltyStep(aux.constraint, rng if draws is not None else aux.rng)
     weight = penalty_weight(value) if callable(penalty_weight) else penalty_weight
     loss = weight * value - wdist_weight * wdist
-    metrics = {"loss": value - wdist, "wdist": wdist, **out.stats}
-    return loss, metrics, out
+    return loss, {CRITIC_LOSS: value - wdist, CRITIC_WDIST: wdist, **stats}, step
 
 
 def generator_objective(xp: Any, scores: Any) -> Any:
     return -xp.mean(scores)
 
 
-def with_multiplier(metrics: Mapping[str, Any], state: ALState) -> dict[str, Any]:
-    """The step's metrics with ``mu`` after its update (the value a checkpoint holds)."""
-    return {**{k: v for k, v in metrics.items() if k != "mu"}, "mu": state.mu}
+def with_multiplier(metrics: Mapping[str, Any], penalty: Penalty, state: ALState) -> dict[str, Any]:
+    """The step's metrics with ``<penalty>/mu`` after its update (the value a checkpoint holds)."""
+    return dict(metrics) if penalty is None else {**metrics, f"{penalty.prefix}/mu": state.mu}
 
 
 def scalar_state(value: Any) -> np.ndarray:

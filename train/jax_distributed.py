@@ -1,41 +1,4 @@
-"""Data-parallel training for the JAX trainer on JAX's own machinery (``jax.sharding``, ``jax.distributed``).
-
-Launch (README, "Distributed training"): all local devices of one host::
-
-    python -m train.jax_wgan --data-parallel --preset smoke --out runs/jax-dp
-
-several hosts (the same command on every host, one process per host)::
-
-    python -m train.jax_wgan --data-parallel --multihost --coordinator-address HOST0:1234 \\
-        --num-processes 2 --process-id 0 ...   # --process-id 1 on the second host
-
-(on SLURM, Cloud TPU and other clusters ``jax.distributed.initialize()`` finds these itself).
-
-Semantics: a 1-D :class:`jax.sharding.Mesh` over all devices (``jax.devices()``: every host's
-once ``jax.distributed`` is initialised) with the axis ``"data"``. The loop's data iterator
-yields the same global batch (``batch_size``) in every process; each process places its rows
-on its own devices (:func:`global_batch`), sharded ``P("data")``. Parameters, optimiser
-slots, EMA, BatchNorm statistics, the AL multiplier and the PRNG key are replicated
-(``P()``). The unchanged jitted steps of :mod:`train.jax_wgan` are compiled with these in/out
-shardings, so XLA partitions them: every per-sample computation (the critic's passes, VALP's
-directions and perturbed passes, GP's interpolates, the generator and its BatchNorm) runs on
-the device holding that sample, and every batch mean (the losses, the parameter gradients,
-the batch statistics, the AL constraint E[L] and the violation statistics) is a global mean
-(an all-reduce). Hence the AL multiplier and the violation statistics are averaged across
-replicas, and the multiplier is identical on every device.
-
-Randomness: the key is replicated and draws are made for the global batch, so each sample,
-hence each replica, gets its own VALP direction / epsilon / GP alpha. JAX's random bits do not
-depend on the sharding, so a distributed step draws exactly what the single-device step
-draws (tests/test_distributed_jax.py). The trainer keeps the classic (non-partitionable)
-threefry of :func:`train.jax_wgan.classic_threefry` here too: each device then computes the
-random bits of the whole global batch and keeps its rows (a few uniform numbers per input
-element, cheap beside the critic's convolutions), and in exchange single-device and
-data-parallel runs draw the same stream, so a checkpoint resumes exactly on either.
-
-Only process 0 (``is_chief``) writes config, logs, samples and checkpoints; every process
-resumes from the checkpoint in ``--out`` (all hosts must see that directory).
-"""
+"""Data-parallel JAX training on ``jax.sharding`` and ``jax.distributed``; see docs/distributed.md."""
 
 from __future__ import annotations
 
@@ -58,8 +21,7 @@ _initialized = False
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None) -> None:
-    """``jax.distributed.initialize`` (multi-host); must run before anything else touches JAX's
-    devices. Arguments left None are detected from the cluster environment (SLURM, TPU, ...)."""
+    """``jax.distributed.initialize`` before anything touches JAX's devices; None: detected."""
     global _initialized
     if _initialized:
         return

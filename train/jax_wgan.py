@@ -1,26 +1,5 @@
-"""JAX/flax WGAN trainer: ``python -m train.jax_wgan [--preset paper|smoke] [--penalty valp|gp|lp|none]``.
-
-Implements :class:`train.loop.Trainer` for the reference setup (paper section 4, README "Training"
-setup"): the WGAN-GP CIFAR-10 ResNet (``models.jax_resnet``), Adam(lr, beta1, beta2) with the
-linear lr decay of :func:`train.config.lr_at`, an EMA of the generator's weights and BatchNorm
-statistics for sampling, and the shared penalties and objectives of :mod:`train.penalties` and
-:mod:`train.contract` (default VALP with the augmented Lagrangian, its multiplier updated after
-every critic step). This file holds what JAX forces: pure jitted steps, optax, placement.
-
-Everything is float32 and explicit: the whole training state (parameters, Adam slots, EMA,
-BatchNorm statistics, the AL multiplier and the PRNG keys of the latent and penalty streams,
-:mod:`train.seeds`) is one pytree, :class:`TrainState`,
-threaded through two ``jax.jit``-compiled pure steps. The steps take the learning rate as an
-argument (no retracing as it decays) and donate the old state's buffers. JAX places arrays on
-its default device, so a GPU is used when present (``--device cpu|gpu[:N]`` picks one).
-
-Data-parallel (``--data-parallel [--multihost ...]``): the same steps, jitted with in/out
-shardings over a 1-D device mesh; see :mod:`train.jax_distributed` and README.
-
-The generator runs BatchNorm in training mode (batch statistics) whenever it produces fakes for
-training, in critic steps too, and its running statistics follow every such batch (as in torch
-or Keras with ``training=True``); only ``sample`` uses running statistics (the EMA ones).
-"""
+"""JAX/flax WGAN trainer (``python -m train.jax_wgan``): pure jitted steps over one
+:class:`TrainState` pytree; its semantics: docs/trainers.md "Per framework"."""
 
 from __future__ import annotations
 
@@ -28,7 +7,7 @@ import argparse
 import dataclasses
 import functools
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -44,27 +23,19 @@ from train import cli, contract, loop
 from train import jax_distributed as jd
 from train.config import ConfigError, TrainConfig, build_parser, lr_at
 from train.data import to_uint8
-from train.penalties import Penalty, make_penalty, penalty_from_config
+from train.penalties import Penalty, penalty_from_config
 from train.runs import checkpoint as ckpt
 from train.seeds import stream_seed
 from valr_core import ALState
 
 ADAM_EPS = 1e-8  # torch's and the original WGAN-GP code's default
-NO_PENALTY = make_penalty("none", "jax")
+Params = Any
 
 
 def classic_threefry() -> Any:
-    """Context for all of the trainer's JAX calls: the non-partitionable threefry PRNG.
-
-    JAX's default (partitionable) threefry makes XLA:CPU take seconds to compile each random
-    draw of a new shape (~10 s for one small conv kernel's init on 2 cores); the classic
-    variant compiles in well under a second. Data-parallel runs keep it too: its draws do not
-    depend on the sharding either, so they equal the single-device draws (each device computes
-    the bits of the whole global batch, a small cost; see :mod:`train.jax_distributed`)."""
+    """Context for all the trainer's JAX calls: the classic threefry, fast to compile on XLA:CPU
+    and with draws independent of the sharding (docs/trainers.md "Per framework")."""
     return jax.threefry_partitionable(False)
-
-
-Params = Any
 
 
 class Streams(NamedTuple):
@@ -75,9 +46,7 @@ class Streams(NamedTuple):
 
 
 class TrainState(NamedTuple):
-    """The complete training state; every leaf is a float32 array except Adam's counts (int32)
-    and the PRNG keys (uint32 (2,)). Field names are the checkpoint key prefixes
-    (train.contract): ``penalty/mu``, ``rng/latents``, ``rng/penalty``, ``gen/...``."""
+    """The complete training state; field names are the checkpoint key prefixes (train.contract)."""
 
     gen: Params
     gen_stats: Params
@@ -101,9 +70,7 @@ class StepSpec:
     beta1: float
     beta2: float
     ema_decay: float
-    # Data-parallel: the batch sharding (NamedSharding(mesh, P("data"))) the per-sample work is
-    # constrained to; None on one device (then the traced program is the single-device one).
-    batch_sharding: Any = None
+    batch_sharding: Any = None  # data-parallel: per-sample work is kept on P("data"); None: one device
     precision: str = "fp32"  # bf16: forward passes with bfloat16 params and activations
     critic_norm: str = "none"
 
@@ -117,7 +84,7 @@ class StepSpec:
 
     @property
     def adam(self) -> optax.GradientTransformation:
-        # Adam without the lr: the decayed lr is applied in _adam_step as a traced argument.
+        # Without the lr: _adam_step applies the decayed lr as a traced argument (no retracing).
         return optax.scale_by_adam(b1=self.beta1, b2=self.beta2, eps=ADAM_EPS)
 
 
@@ -136,18 +103,9 @@ def init_state(spec: StepSpec, key: jax.Array, streams: Streams) -> TrainState:
     g_params, g_stats, c_params = g_vars["params"], g_vars["batch_stats"], c_vars["params"]
     c_stats = c_vars.get("batch_stats", {})
     copy = jax.tree.map(jnp.array, (g_params, g_stats))  # EMA starts equal but in its own buffers
-    mu = spec.penalty.init_state(jnp.zeros(()))
+    mu = contract.initial_multiplier(spec.penalty, jnp.zeros(()))
     return TrainState(g_params, g_stats, c_params, c_stats, spec.adam.init(g_params), spec.adam.init(c_params),
                       copy[0], copy[1], mu, streams)
-
-
-def initial_keys(seed: int) -> tuple[jax.Array, Streams]:
-    """The init key and the stream keys of ``seed``, by the shared seed policy."""
-    return (jax.random.PRNGKey(stream_seed(seed, "init")),
-            Streams(jax.random.PRNGKey(stream_seed(seed, "latents")), jax.random.PRNGKey(stream_seed(seed, "penalty"))))
-
-
-# ----------------------------------------------------------------------------- pure steps
 
 
 def _adam_step(spec: StepSpec, grads: Params, opt_state: Any, params: Params, lr: jax.Array) -> tuple[Params, Any]:
@@ -161,22 +119,18 @@ def _ema(ema: Params, new: Params, decay: float) -> Params:
 
 def _shard(spec: StepSpec, x: jax.Array) -> jax.Array:
     """Keep a batch split over the data axis, so per-sample work runs where its sample lives."""
-    if spec.batch_sharding is None:
-        return x
-    return jax.lax.with_sharding_constraint(x, spec.batch_sharding)
+    return x if spec.batch_sharding is None else jax.lax.with_sharding_constraint(x, spec.batch_sharding)
 
 
 def _compute(spec: StepSpec, tree: Any) -> Any:
-    """--precision bf16: a forward pass's params and inputs in bfloat16 (the float32 master
-    params get the gradients through the cast); the identity for fp32."""
+    """--precision bf16: a forward pass's floats in bfloat16 (gradients reach the float32 masters)."""
     if spec.precision != "bf16":
         return tree
     return jax.tree.map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tuple[jax.Array, Params]:
-    """Training-mode generator pass: batch statistics, and the updated running statistics
-    (float32 images, whatever the compute precision)."""
+    """Training-mode generator pass: float32 images and the updated running statistics."""
     fake, updates = spec.generator.apply({"params": _compute(spec, params), "batch_stats": stats},
                                          _compute(spec, z), train=True, mutable=["batch_stats"])
     stats_new = jax.tree.map(lambda new, old: new.astype(old.dtype), updates["batch_stats"], stats)
@@ -185,8 +139,7 @@ def _generate(spec: StepSpec, params: Params, stats: Params, z: jax.Array) -> tu
 
 def _critic_apply(spec: StepSpec, params: Params, stats: Params, x: jax.Array,
                   train: bool = False) -> tuple[jax.Array, Params]:
-    """The critic's scores (bfloat16 under --precision bf16: valr_core's penalty handles that)
-    and its SN state: advanced one power-iteration step when ``train``, else ``stats``."""
+    """The critic's scores (bfloat16 under bf16) and its SN state, advanced one step when ``train``."""
     variables = {"params": _compute(spec, params), "batch_stats": _compute(spec, stats)}
     if not train or not stats:
         return spec.critic.apply(variables, _compute(spec, x)), stats
@@ -196,9 +149,8 @@ def _critic_apply(spec: StepSpec, params: Params, stats: Params, x: jax.Array,
 
 def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
     """One critic update on ``real`` against a fresh fake batch of the same size, then the AL step."""
-    n = real.shape[0]
     latents, k_z = jax.random.split(state.rng.latents)
-    z = _shard(spec, jax.random.normal(k_z, (n, spec.model.latent_dim), jnp.float32))
+    z = _shard(spec, jax.random.normal(k_z, (real.shape[0], spec.model.latent_dim), jnp.float32))
     fake, g_stats = _generate(spec, state.gen, state.gen_stats, z)
     fake = jax.lax.stop_gradient(fake)
 
@@ -215,10 +167,10 @@ def critic_step(spec: StepSpec, state: TrainState, real: jax.Array, lr: jax.Arra
 
     (_, (metrics, out, c_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.critic)
     c_params, c_opt = _adam_step(spec, grads, state.opt_d, state.critic, lr)
-    mu = spec.penalty.update(state.penalty, out.constraint)
+    mu = contract.multiplier_step(spec.penalty, state.penalty, out.constraint)
     new = state._replace(critic=c_params, critic_stats=c_stats, opt_d=c_opt, gen_stats=g_stats, penalty=mu,
                          rng=Streams(latents, out.rng))
-    return new, contract.with_multiplier(metrics, mu)
+    return new, contract.with_multiplier(metrics, spec.penalty, mu)
 
 
 def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -238,44 +190,40 @@ def generator_step(spec: StepSpec, state: TrainState, lr: jax.Array) -> tuple[Tr
         gen=g_params, gen_stats=g_stats, critic_stats=c_stats, opt_g=g_opt, rng=state.rng._replace(latents=latents),
         ema=_ema(state.ema, g_params, spec.ema_decay),
         ema_stats=_ema(state.ema_stats, g_stats, spec.ema_decay))
-    return new, {"loss": loss}
+    return new, {contract.GEN_LOSS: loss}
 
 
-def sample_images(spec: StepSpec, ema_params: Params, ema_stats: Params, z: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0)
+def _sample_images(spec: StepSpec, ema_params: Params, ema_stats: Params, z: jax.Array) -> jax.Array:
     """EMA generator in inference mode (running statistics): images in [-1, 1]."""
     return spec.generator.apply({"params": ema_params, "batch_stats": ema_stats}, z, train=False)
 
 
-def critic_scores(spec: StepSpec, params: Params, stats: Params, x: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0)
+def _critic_scores(spec: StepSpec, params: Params, stats: Params, x: jax.Array) -> jax.Array:
     return spec.critic.apply({"params": params, "batch_stats": stats}, x).reshape(-1)
 
 
-def clip_params(params: Params, c: jax.Array) -> Params:
+@jax.jit
+def _clip_params(params: Params, c: jax.Array) -> Params:
     return jax.tree.map(lambda p: jnp.clip(p, -c, c), params)
 
 
 # Static spec, donated state: the old state's buffers are reused for the new one.
 _critic_step = jax.jit(critic_step, static_argnums=0, donate_argnums=1)
 _generator_step = jax.jit(generator_step, static_argnums=0, donate_argnums=1)
-_sample_images = jax.jit(sample_images, static_argnums=0)
-_critic_scores = jax.jit(critic_scores, static_argnums=0)
-_clip_params = jax.jit(clip_params)
 _init_state = jax.jit(init_state, static_argnums=0)  # one program compiles faster than op by op
 
 
 @functools.cache
 def sharded_steps(mesh: jax.sharding.Mesh) -> tuple[Any, Any]:
-    """The critic and generator steps jitted for data parallelism over ``mesh``: the real batch
-    sharded over ``"data"``; state, lr and metrics replicated (one compilation cache per mesh)."""
+    """The critic and generator steps jitted over ``mesh``: real batch sharded, all else replicated."""
     rep, batch = jd.replicated(mesh), jd.batch_sharding(mesh)
     critic = jax.jit(critic_step, static_argnums=0, donate_argnums=1,
                      in_shardings=(rep, batch, rep), out_shardings=(rep, rep))
     generator = jax.jit(generator_step, static_argnums=0, donate_argnums=1,
                         in_shardings=(rep, rep), out_shardings=(rep, rep))
     return critic, generator
-
-
-# ----------------------------------------------------------------------------- the trainer
 
 
 def resolve_device(name: str) -> jax.Device | None:
@@ -294,10 +242,6 @@ def resolve_device(name: str) -> jax.Device | None:
     return devices[i]
 
 
-def _leaf_name(path: Sequence[Any]) -> str:
-    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
-
-
 def data_parallel_mesh(device: str) -> jax.sharding.Mesh:
     """``--data-parallel``: a mesh over every device of ``--device``'s platform (all hosts')."""
     platform, _, index = device.partition(":")
@@ -311,10 +255,7 @@ def data_parallel_mesh(device: str) -> jax.sharding.Mesh:
 
 
 class JaxWGAN:
-    """The JAX trainer; NumPy in and out, as :class:`train.loop.Trainer` requires.
-
-    ``mesh``: data-parallel over this 1-D mesh (axis ``"data"``, see :mod:`train.jax_distributed`);
-    None: one device (``cfg.device``). The global batch is ``cfg.batch_size`` either way."""
+    """The JAX :class:`train.loop.Trainer`; ``mesh``: data-parallel over it (None: ``cfg.device``)."""
 
     framework = "jax"
 
@@ -323,7 +264,7 @@ class JaxWGAN:
         self.mesh = mesh
         self.spec = step_spec(cfg)
         # The generator step does not involve the penalty: one compilation serves them all.
-        self._gen_spec = dataclasses.replace(self.spec, penalty=NO_PENALTY)
+        self._gen_spec = dataclasses.replace(self.spec, penalty=None)
         self._sample_spec = self.spec
         if mesh is None:
             self.device = resolve_device(cfg.device)
@@ -337,15 +278,16 @@ class JaxWGAN:
             self.spec = dataclasses.replace(self.spec, batch_sharding=batch)
             self._gen_spec = dataclasses.replace(self._gen_spec, batch_sharding=batch)
         with classic_threefry():
-            state = jax.device_put(_init_state(self._sample_spec, *initial_keys(cfg.seed)), self.device)
+            keys = [jax.random.PRNGKey(stream_seed(cfg.seed, s)) for s in ("init", "latents", "penalty")]
+            state = jax.device_put(_init_state(self._sample_spec, keys[0], Streams(*keys[1:])), self.device)
         self.state = state if mesh is None else jd.replicate(jax.device_get(state), mesh)
         paths, self._treedef = jax.tree_util.tree_flatten_with_path(self.state)
-        self._names = [_leaf_name(p) for p, _ in paths]
+        self._names = [jax.tree_util.keystr(tuple(p), simple=True, separator="/") for p, _ in paths]
         self._shapes = [tuple(leaf.shape) for _, leaf in paths]
 
-    def _put(self, tree: Any) -> Any:
-        """Host values -> this trainer's placement (its device, or replicated over the mesh)."""
-        if self.mesh is not None:
+    def _put(self, tree: Any, own: bool = False) -> Any:
+        """Host values -> its device, or replicated over the mesh unless ``own`` (the chief's alone)."""
+        if self.mesh is not None and not own:
             return jd.replicate(tree, self.mesh)
         return jax.device_put(tree, self.device) if self.device is not None else tree
 
@@ -358,8 +300,6 @@ class JaxWGAN:
 
     def _floats(self, metrics: Mapping[str, jax.Array]) -> dict[str, float]:
         return {k: float(v) for k, v in jax.device_get(self._local(dict(metrics))).items()}
-
-    # -- Trainer protocol --------------------------------------------------------------------
 
     def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
         lr = self._lr(self.cfg.lr_d, step)
@@ -380,21 +320,17 @@ class JaxWGAN:
         return self._floats(metrics)
 
     def sample(self, z: np.ndarray) -> np.ndarray:
-        # On this process's own device only: the loop calls it on the chief alone.
-        zz = jnp.asarray(z, jnp.float32)
-        zz = jax.device_put(zz, self.device) if self.device is not None else zz
+        zz = self._put(jnp.asarray(z, jnp.float32), own=True)
         ema = self._local((self.state.ema, self.state.ema_stats))
-        return to_uint8(np.asarray(_sample_images(self._sample_spec, ema[0], ema[1], zz)))
+        return to_uint8(np.asarray(_sample_images(self._sample_spec, *ema, zz)))
 
     def clip_critic_weights(self, c: float) -> None:
-        """``--clip-weights C`` (the loop calls it after each critic step): every critic
-        parameter clipped to [-C, C]."""
+        """``--clip-weights C``: every critic parameter clipped to [-C, C]."""
         self.state = self.state._replace(critic=_clip_params(self.state.critic, self._put(np.float32(c))))
 
     def critic_scores(self, images: np.ndarray) -> np.ndarray:
-        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,)."""
-        x = jnp.asarray(images, jnp.float32)
-        x = jax.device_put(x, self.device) if self.device is not None else x
+        """The critic's scores f(x) on NHWC images in [-1, 1], shape (N,)."""
+        x = self._put(jnp.asarray(images, jnp.float32), own=True)
         return np.asarray(_critic_scores(self._sample_spec, *self._local((self.state.critic, self.state.critic_stats)), x))
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -447,9 +383,5 @@ def make_trainer(cfg: TrainConfig) -> JaxWGAN:
     return JaxWGAN(cfg, mesh)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli.main("jax", make_trainer, argv, parser=build_jax_parser())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.main("jax", make_trainer, parser=build_jax_parser()))

@@ -1,13 +1,7 @@
-"""The framework-neutral WGAN training loop.
-
-A trainer (torch, TF or JAX) implements :class:`Trainer` with NumPy in and out; this module
-does everything else: data batches, n_critic + 1 schedule, progress bar, logs, EMA sample grids,
-periodic/final/interrupt checkpoints, exact resume, NaN/Inf stop, and optional IS/FID/KID.
-
-Exactness of resume rests on: the trainer's ``state_arrays`` holding *all* of its state
-(parameters, optimiser slots, EMA, BatchNorm statistics, AL multiplier, its RNG state), the
-data iterator's state, and the loop's own log accumulators, all of which go into the checkpoint.
-"""
+"""The framework-neutral WGAN training loop. A trainer (torch, TF or JAX) implements ``Trainer``
+with NumPy in and out; this module does the rest: batches, the n_critic + 1 schedule, logs, EMA
+sample grids, checkpoints, exact resume, the NaN/Inf stop and IS/FID/KID. Resume is exact because
+the trainer's, the data iterator's and the loop's own state all go into the checkpoint."""
 
 from __future__ import annotations
 
@@ -21,24 +15,17 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from train import contract, resume
-from train.config import (
-    ConfigError,
-    TrainConfig,
-    lr_at,
-)
+from train import resume
+from train.config import ConfigError, TrainConfig, lr_at
 from train.data import BatchIterator, load_dataset
-from train.evaluation.inception import (
-    Evaluator,
-    FeatureFn,
-)
+from train.evaluation.inception import Evaluator, FeatureFn
 from train.evaluation.registry import EvaluationUnavailable, evaluator_for
 from train.runs import checkpoint as ckpt
 from train.runs.logs import MetricsWriter, TensorBoardWriter, save_image_grid
@@ -54,41 +41,15 @@ DATA_PREFIX = "data/"
 
 @runtime_checkable
 class Trainer(Protocol):
-    """What a framework trainer implements. Everything crosses the boundary as NumPy.
-
-    * ``critic_step(real, step)``: one critic update on ``real`` (float32 NHWC in [-1, 1],
-      shape (batch_size, 32, 32, 3)); the trainer draws its own fake batch. ``step`` is the
-      0-based generator iteration this update belongs to (use it for the lr schedule,
-      :func:`train.config.lr_at`). Returns scalar metrics: ``train.contract``'s names
-      (``loss``, ``wdist``, ``mu``, ``penalty``, ``mean_violation``, ...).
-    * ``generator_step(step)``: one generator update (+ EMA update); returns scalar metrics.
-    * ``sample(z)``: EMA generator in inference mode on float32 latents (N, z_dim) -> uint8
-      NHWC (N, 32, 32, 3). Must not change any state that affects training.
-    * ``state_arrays()``: the complete training state as a flat ``dict[str, np.ndarray]``
-      (keys without a leading ``__``), including optimiser slots, EMA, BN statistics, the AL
-      multiplier and the trainer's RNG state (see :func:`train.runs.checkpoint.json_to_array`).
-    * ``load_state_arrays(arrays)``: inverse of ``state_arrays``; validate with
-      :func:`train.runs.checkpoint.validate_arrays` so mismatches name the key.
-
-    Optional, for data-parallel trainers (absent = a single process):
-
-    * ``is_chief: bool``: only the chief writes config, logs, samples, evaluations and
-      checkpoints. Every replica still calls ``state_arrays`` at each checkpoint (it may be a
-      collective operation) and ``load_state_arrays`` on resume (all replicas must see ``--out``).
-    * ``sync_stop(requested: bool) -> bool``: called once per iteration on every replica; returns
-      True when any replica received SIGINT/SIGTERM, so all of them stop at the same iteration.
-    """
+    """What a framework trainer implements, NumPy in and out; the full contract (shapes, state
+    keys, the optional data-parallel ``is_chief`` and ``sync_stop``) is in docs/trainers.md."""
 
     framework: str
 
     def critic_step(self, real: np.ndarray, step: int) -> Mapping[str, float]: ...
-
     def generator_step(self, step: int) -> Mapping[str, float]: ...
-
     def sample(self, z: np.ndarray) -> np.ndarray: ...
-
     def state_arrays(self) -> dict[str, np.ndarray]: ...
-
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None: ...
 
 
@@ -118,14 +79,12 @@ class RunResult:
         return 0 if self.status == "completed" else 128 + int(self.signal or signal.SIGINT)
 
 
-# ----------------------------------------------------------------------------- signals
-
-
 class _StopRequest:
     """First SIGINT/SIGTERM asks the loop to checkpoint and stop; a second one aborts."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: object) -> None:
         if self.signum is not None:
@@ -134,20 +93,14 @@ class _StopRequest:
         log.warning("received %s: finishing this iteration, writing a checkpoint, then stopping",
                     signal.Signals(signum).name)
 
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_StopRequest]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # handlers can only be installed from the main thread
-            return
-        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():  # the only thread that may install them
+            self._previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
-
-# ----------------------------------------------------------------------------- helpers
+    def __exit__(self, *exc: object) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)
 
 
 class _Accumulator:
@@ -157,11 +110,10 @@ class _Accumulator:
         self.sums: dict[str, float] = dict(state["sums"]) if state else {}
         self.counts: dict[str, int] = dict(state["counts"]) if state else {}
 
-    def add(self, prefix: str, metrics: Mapping[str, float]) -> None:
+    def add(self, metrics: Mapping[str, float]) -> None:
         for k, v in metrics.items():
-            key = prefix + k
-            self.sums[key] = self.sums.get(key, 0.0) + float(v)
-            self.counts[key] = self.counts.get(key, 0) + 1
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
@@ -183,10 +135,8 @@ def _check_finite(metrics: Mapping[str, Any], where: str, step: int, last_ckpt: 
             raise TypeError(f"{where} returned non-scalar metric {k!r}={v!r}") from e
         if not math.isfinite(f):
             kept = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint had been written yet"
-            raise NonFiniteError(
-                f"{where} at iteration {step + 1} returned {k}={f}; training stopped. "
-                f"Nothing was saved after the divergence; {kept}."
-            )
+            raise NonFiniteError(f"{where} at iteration {step + 1} returned {k}={f}; training stopped. "
+                                 f"Nothing was saved after the divergence; {kept}.")
         out[k] = f
     return out
 
@@ -197,12 +147,12 @@ def check_batch_fits(cfg: TrainConfig, data: np.ndarray) -> None:
                           f"--data {cfg.data}), got {cfg.batch_size}")
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.1f} MiB"
-
-
 def _every(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
+
+
+def _unprefixed(arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def _fixed_latents(cfg: TrainConfig, n: int, purpose: str, step: int = 0) -> np.ndarray:
@@ -218,19 +168,12 @@ def _check_images(images: np.ndarray, n: int, cfg: TrainConfig) -> np.ndarray:
     return arr
 
 
-# ----------------------------------------------------------------------------- the loop
-
-
 class TrainingLoop:
-    def __init__(
-        self,
-        trainer: Trainer,
-        cfg: TrainConfig,
-        *,
-        data: np.ndarray | None = None,
-        feature_fn: FeatureFn | None = None,
-        argv: Sequence[str] | None = None,
-    ) -> None:
+    """Runs ``trainer`` per ``cfg``; ``data`` (uint8 NHWC) and ``feature_fn`` (images -> (pool
+    features, logits)) replace the configured dataset and InceptionV3, mainly for tests."""
+
+    def __init__(self, trainer: Trainer, cfg: TrainConfig, *, data: np.ndarray | None = None,
+                 feature_fn: FeatureFn | None = None, argv: Sequence[str] | None = None) -> None:
         self.argv = list(sys.argv if argv is None else argv)
         missing = [m for m in ("critic_step", "generator_step", "sample", "state_arrays", "load_state_arrays")
                    if not callable(getattr(trainer, m, None))]
@@ -260,12 +203,9 @@ class TrainingLoop:
         if cfg.clip_weights > 0 and not callable(getattr(trainer, "clip_critic_weights", None)):
             raise ConfigError(f"--clip-weights: the {trainer.framework} trainer has no clip_critic_weights")
 
-    # -- preflight ---------------------------------------------------------------------------
-
     def _preflight(self) -> None:
-        """Check before training what would otherwise fail at the first write: ``--out`` and its
-        ``checkpoints/`` are (creatable) directories we can write, and their disk has room for a
-        checkpoint. Directories created here are removed again when a check fails."""
+        """Check before training that ``--out`` and its checkpoints/ are (creatable) writable
+        directories with disk room for a checkpoint; a failed check removes what it created."""
         # On every replica, in the same order: state_arrays may be a collective operation.
         need = sum(np.asarray(v).nbytes for v in self.trainer.state_arrays().values())
         if not self.is_chief:
@@ -277,9 +217,8 @@ class TrainingLoop:
                 self._preflight_dir(d, created)
             free = shutil.disk_usage(self.ckpt_dir).free
             if free < need:
-                raise PreflightError(
-                    f"--out {self.out}: not enough free disk space for a checkpoint "
-                    f"(about {_mib(need)} needed, {_mib(free)} free)")
+                raise PreflightError(f"--out {self.out}: not enough free disk space for a checkpoint "
+                                     f"(about {need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free)")
         except BaseException:
             for d in reversed(created):
                 with contextlib.suppress(OSError):
@@ -287,12 +226,10 @@ class TrainingLoop:
             raise
 
     def _preflight_dir(self, d: Path, created: list[Path]) -> None:
-        for parent in (d, *d.parents):
-            if parent.exists() and not parent.is_dir():
-                where = "is a file" if parent == d else f"is under {parent}, which is a file"
-                raise PreflightError(f"--out {self.out}: {d} {where}; expected a directory")
-            if parent.exists():
-                break
+        existing = next((p for p in (d, *d.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "is a file" if existing == d else f"is under {existing}, which is a file"
+            raise PreflightError(f"--out {self.out}: {d} {where}; expected a directory")
         missing = [p for p in (d, *d.parents) if not p.exists()]
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -308,85 +245,72 @@ class TrainingLoop:
         with contextlib.suppress(OSError):
             os.unlink(probe)
 
-    # -- resume ------------------------------------------------------------------------------
+    def _load(self, found: ckpt.Checkpoint) -> None:
+        """The trainer's state and the loop's position from ``found`` (not the data stream's)."""
+        self.trainer.load_state_arrays(_unprefixed(found.arrays, TRAINER_PREFIX))
+        self.step = int(found.metadata["step"])
+        self.accum = _Accumulator(found.metadata.get("loop", {}).get("accum"))
 
     def _restore(self, found: ckpt.Checkpoint) -> None:
+        meta = found.metadata
+        saved_cfg = meta.get("config", {})
         try:
-            self._restore_unchecked(found)
+            ckpt.validate_metadata(meta, framework=self.trainer.framework, architecture=self.cfg.architecture())
+            if changed := resume.changed_settings(saved_cfg, self.cfg):
+                log.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
+            self._load(found)
+            self.batches.import_state(_unprefixed(found.arrays, DATA_PREFIX), meta["data_iterator"])
+            self.train_seconds = float(meta.get("loop", {}).get("train_seconds", 0.0))
         except (ValueError, KeyError) as e:
             msg = str(e) if isinstance(e, ValueError) else f"missing entry {e}"
-            raise ResumeError(f"cannot resume from {found.path} (written by {ckpt.written_by(found.metadata)}): {msg}") from e
+            raise ResumeError(f"cannot resume from {found.path} (written by {ckpt.written_by(meta)}): {msg}") from e
+        self.last_ckpt, self.last_ckpt_step = found.path, self.step
+        if lr_change := resume.learning_rate_change(saved_cfg, self.cfg, self.step):
+            log.warning("%s", lr_change)
         log.info("resumed from %s at iteration %d", found.path, self.step)
 
-    def _restore_unchecked(self, found: ckpt.Checkpoint) -> None:
-        meta = found.metadata
-        ckpt.validate_metadata(meta, framework=self.trainer.framework, architecture=self.cfg.architecture())
-        saved_cfg = meta.get("config", {})
-        changed = resume.changed_settings(saved_cfg, self.cfg)
-        if changed:
-            log.warning("resuming with settings that differ from the checkpoint's: %s", ", ".join(changed))
-        arrays = found.arrays
-        self.trainer.load_state_arrays(
-            {k[len(TRAINER_PREFIX):]: v for k, v in arrays.items() if k.startswith(TRAINER_PREFIX)})
-        self.batches.import_state(
-            {k[len(DATA_PREFIX):]: v for k, v in arrays.items() if k.startswith(DATA_PREFIX)},
-            meta["data_iterator"])
-        self.step = int(meta["step"])
-        self.accum = _Accumulator(meta.get("loop", {}).get("accum"))
-        self.train_seconds = float(meta.get("loop", {}).get("train_seconds", 0.0))
-        self.last_ckpt, self.last_ckpt_step = found.path, self.step
-        lr_change = resume.learning_rate_change(saved_cfg, self.cfg, self.step)
-        if lr_change:
-            log.warning("%s", lr_change)
-
-    # -- outputs -----------------------------------------------------------------------------
-
-    def _save_checkpoint(self) -> Path:
-        state = self.trainer.state_arrays()  # on every replica: it may be a collective operation
+    def _save_checkpoint(self) -> None:
         arrays: dict[str, np.ndarray] = {}
-        for k, v in state.items():
+        for k, v in self.trainer.state_arrays().items():  # on every replica: it may be a collective
             a = np.asarray(v)
             if a.dtype.kind in "fc" and not np.isfinite(a).all():
-                raise NonFiniteError(
-                    f"trainer state array {k!r} contains NaN/Inf at iteration {self.step}; not checkpointing it. "
-                    f"The last good checkpoint is {self.last_ckpt or 'none'}."
-                )
+                raise NonFiniteError(f"trainer state array {k!r} contains NaN/Inf at iteration {self.step}; not "
+                                     f"checkpointing it. The last good checkpoint is {self.last_ckpt or 'none'}.")
             arrays[TRAINER_PREFIX + k] = a
-        if not self.is_chief:  # the chief writes the one checkpoint of this step
+        if self.is_chief:  # the chief writes the one checkpoint of this step
+            data_arrays, data_meta = self.batches.export_state()
+            arrays.update({DATA_PREFIX + k: v for k, v in data_arrays.items()})
+            path = self.manager.save(self.step, arrays, {
+                "framework": self.trainer.framework, "architecture": self.cfg.architecture(),
+                "config": self.cfg.to_dict(), "data_iterator": data_meta,
+                "loop": {"accum": self.accum.state(), "train_seconds": self.train_seconds},
+                resume.RUN_ID_KEY: self.run_id, "saved_at": time.time()})
+        else:
             path = self.ckpt_dir / ckpt.checkpoint_name(self.step)
-            self.last_ckpt, self.last_ckpt_step = path, self.step
-            return path
-        data_arrays, data_meta = self.batches.export_state()
-        arrays.update({DATA_PREFIX + k: v for k, v in data_arrays.items()})
-        meta = {
-            "framework": self.trainer.framework,
-            "architecture": self.cfg.architecture(),
-            "config": self.cfg.to_dict(),
-            "data_iterator": data_meta,
-            "loop": {"accum": self.accum.state(), "train_seconds": self.train_seconds},
-            resume.RUN_ID_KEY: self.run_id,
-            "saved_at": time.time(),
-        }
-        path = self.manager.save(self.step, arrays, meta)
         self.last_ckpt, self.last_ckpt_step = path, self.step
-        return path
 
-    def _log_row(self, extra: Mapping[str, float], seconds_per_it: float | None) -> None:
-        if not self.is_chief:
-            self.accum.reset()
-            return
-        row: dict[str, Any] = dict(self.accum.means())
-        row["lr/g"] = lr_at(self.cfg.lr_g, self.step - 1, self.cfg.steps, self.cfg.lr_decay)
-        row["lr/d"] = lr_at(self.cfg.lr_d, self.step - 1, self.cfg.steps, self.cfg.lr_decay)
-        row["data/epoch"] = self.batches.epoch
-        row.update(extra)
-        if seconds_per_it is not None:
-            row["time/sec_per_it"] = seconds_per_it
-        row["time/train_s"] = self.train_seconds
-        self.metrics.write(self.step, row)
-        if self.tb is not None:
-            self.tb.add_scalars(self.step, row)
-            self.tb.flush()
+    def _open_logs(self, resume_step: int | None) -> None:
+        """The chief's metrics and TensorBoard writers, dropping what was logged after ``resume_step``."""
+        self.metrics = MetricsWriter(self.out, resume_step=resume_step) if self.is_chief else None
+        self.tb = TensorBoardWriter(self.out / "tb", purge_step=None if resume_step is None else resume_step + 1) \
+            if self.cfg.tensorboard and self.is_chief else None
+
+    def _close_logs(self) -> None:
+        for writer in (self.metrics, self.tb):
+            if writer is not None:
+                writer.close()
+
+    def _log_row(self, extra: Mapping[str, float], seconds_per_it: float) -> None:
+        if self.is_chief:
+            cfg = self.cfg
+            row: dict[str, Any] = {
+                **self.accum.means(), "lr/g": lr_at(cfg.lr_g, self.step - 1, cfg.steps, cfg.lr_decay),
+                "lr/d": lr_at(cfg.lr_d, self.step - 1, cfg.steps, cfg.lr_decay), "data/epoch": self.batches.epoch,
+                **extra, "time/sec_per_it": seconds_per_it, "time/train_s": self.train_seconds}
+            self.metrics.write(self.step, row)
+            if self.tb is not None:
+                self.tb.add_scalars(self.step, row)
+                self.tb.flush()
         self.accum.reset()
 
     def _save_samples(self) -> None:
@@ -400,32 +324,26 @@ class TrainingLoop:
             self.tb.add_image("samples/ema", grid, self.step)
             self.tb.flush()
 
-    def _evaluator_or_none(self) -> Any:
-        if self._evaluator is None and not self._eval_disabled:
+    def _evaluate(self, n: int) -> dict[str, float]:
+        if not self.is_chief or self._eval_disabled:
+            return {}
+        if self._evaluator is None:
             try:
-                self._evaluator = evaluator_for(self.cfg, self.data, self.batches.fingerprint, self.out, self.feature_fn)
+                self._evaluator = evaluator_for(self.cfg, self.data, self.batches.fingerprint, self.out,
+                                                self.feature_fn)
             except EvaluationUnavailable as e:
                 log.warning("evaluation disabled for this run: %s", e)
                 self._eval_disabled = True
-        return self._evaluator
-
-    def _evaluate(self, n: int) -> dict[str, float]:
-        if not self.is_chief:
-            return {}
-        evaluator = self._evaluator_or_none()
-        if evaluator is None:
-            return {}
+                return {}
         z = _fixed_latents(self.cfg, n, "eval", step=self.step)
         bs = self.cfg.gen_batch_size
         images = np.concatenate([_check_images(self.trainer.sample(z[i:i + bs]), len(z[i:i + bs]), self.cfg)
                                  for i in range(0, n, bs)])
         t0 = time.perf_counter()
-        result = {f"eval/{k}": v for k, v in evaluator.evaluate(images).items()}
+        result = {f"eval/{k}": v for k, v in self._evaluator.evaluate(images).items()}
         log.info("iteration %d: %s (%.1fs)", self.step,
                  ", ".join(f"{k[5:]}={v:.4g}" for k, v in result.items()), time.perf_counter() - t0)
         return result
-
-    # -- main loop ---------------------------------------------------------------------------
 
     def run(self) -> RunResult:
         cfg = self.cfg
@@ -443,75 +361,68 @@ class TrainingLoop:
                 info = {**run_info(self.trainer, self.argv), resume.RUN_ID_KEY: self.run_id}
                 json.dump({**cfg.to_dict(), resume.RUN_INFO_KEY: info}, f, indent=2, sort_keys=True)
         self.fixed_z = _fixed_latents(cfg, cfg.n_sample_grid, "sample_grid")
-        resumed = found is not None
-        self.metrics = MetricsWriter(self.out, resume_step=self.step if resumed else None) \
-            if self.is_chief else None
-        self.tb = TensorBoardWriter(self.out / "tb", purge_step=self.step + 1 if resumed else None) \
-            if cfg.tensorboard and self.is_chief else None
-        stop = _StopRequest()
+        self._open_logs(self.step if found is not None else None)
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_chief), dynamic_ncols=True,
-                   desc=self.trainer.framework, unit="it", file=sys.stderr)
+        self.bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.is_chief),
+                        dynamic_ncols=True, desc=self.trainer.framework, unit="it", file=sys.stderr)
         try:
-            with stop.installed():
-                t0, t0_step = time.perf_counter(), self.step
-                while True:
-                    while self.step < cfg.steps:
-                        try:
-                            self._iteration()
-                        except NonFiniteError as error:
-                            self._roll_back_or_raise(error)
-                            bar.n = self.step
-                            t0, t0_step = time.perf_counter(), self.step
-                            continue
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in self._postfix.items()}, refresh=False)
-                        bar.update(1)
-                        if self.step == cfg.steps:
-                            break  # the final step's outputs are written below
-                        extra: dict[str, float] = {}
-                        if _every(self.step, cfg.eval_every):
-                            extra = self._evaluate(cfg.eval_samples)
-                        if _every(self.step, cfg.log_every) or extra:
-                            self._log_row(extra, (time.perf_counter() - t0) / (self.step - t0_step))
-                            t0, t0_step = time.perf_counter(), self.step
-                        if _every(self.step, cfg.sample_every):
-                            self._save_samples()
-                        if _every(self.step, cfg.checkpoint_every) and not self._checkpoint_or_roll_back():
-                            bar.n = self.step
-                            t0, t0_step = time.perf_counter(), self.step
-                        stop_now = stop.signum is not None
-                        sync_stop = getattr(self.trainer, "sync_stop", None)
-                        if sync_stop is not None:
-                            stop_now = bool(sync_stop(stop_now))
-                        if stop_now:
-                            signum = stop.signum if stop.signum is not None else int(signal.SIGTERM)
-                            if self.last_ckpt_step != self.step:
-                                self._checkpoint_or_roll_back()  # rolled back: the last good one stays
-                            log.warning("stopped by %s at iteration %d; checkpoint %s; continue with --resume",
-                                        signal.Signals(signum).name, self.step, self.last_ckpt)
-                            return RunResult("interrupted", self.step, self.last_ckpt, signal=signum)
-                    # Final step: checkpoint first (the state is what matters), then samples, the
-                    # final evaluation and one log row holding both the last interval and the metrics.
-                    seconds_per_it = (time.perf_counter() - t0) / max(1, self.step - t0_step)
-                    if self._checkpoint_or_roll_back():
-                        break
-                    bar.n = self.step
-                    t0, t0_step = time.perf_counter(), self.step
-                self._save_samples()
-                n_eval = cfg.final_eval_samples or (cfg.eval_samples if _every(self.step, cfg.eval_every) else 0)
-                eval_metrics = self._evaluate(n_eval) if n_eval else {}
-                self._log_row(eval_metrics, seconds_per_it)
-                log.info("done: %d iterations; checkpoint %s; samples in %s; logs in %s",
-                         self.step, self.last_ckpt, self.out / "samples",
-                         self.metrics.jsonl_path if self.metrics is not None else "-")
-                return RunResult("completed", self.step, self.last_ckpt, eval_metrics=eval_metrics)
+            with _StopRequest() as stop:
+                return self._train(stop)
         finally:
-            bar.close()
-            if self.metrics is not None:
-                self.metrics.close()
-            if self.tb is not None:
-                self.tb.close()
+            self.bar.close()
+            self._close_logs()
+
+    def _restart_clock(self) -> None:
+        self._t0, self._t0_step = time.perf_counter(), self.step
+
+    def _seconds_per_it(self) -> float:
+        return (time.perf_counter() - self._t0) / max(1, self.step - self._t0_step)
+
+    def _train(self, stop: _StopRequest) -> RunResult:
+        cfg = self.cfg
+        self._restart_clock()
+        while True:
+            try:
+                self._iteration()
+            except NonFiniteError as error:
+                self._roll_back_or_raise(error)
+                continue
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in self._postfix.items()}, refresh=False)
+            self.bar.update(1)
+            if self.step == cfg.steps:
+                # Checkpoint first (the state is what matters), then samples, the final evaluation
+                # and one log row holding both the last interval and the metrics.
+                seconds_per_it = self._seconds_per_it()
+                if self._checkpoint_or_roll_back():
+                    break
+                continue
+            extra = self._evaluate(cfg.eval_samples) if _every(self.step, cfg.eval_every) else {}
+            if _every(self.step, cfg.log_every) or extra:
+                self._log_row(extra, self._seconds_per_it())
+                self._restart_clock()
+            if _every(self.step, cfg.sample_every):
+                self._save_samples()
+            if _every(self.step, cfg.checkpoint_every):
+                self._checkpoint_or_roll_back()
+            stop_now = stop.signum is not None
+            sync_stop = getattr(self.trainer, "sync_stop", None)
+            if sync_stop is not None:
+                stop_now = bool(sync_stop(stop_now))
+            if stop_now:
+                signum = stop.signum if stop.signum is not None else int(signal.SIGTERM)
+                if self.last_ckpt_step != self.step:
+                    self._checkpoint_or_roll_back()  # rolled back: the last good one stays
+                log.warning("stopped by %s at iteration %d; checkpoint %s; continue with --resume",
+                            signal.Signals(signum).name, self.step, self.last_ckpt)
+                return RunResult("interrupted", self.step, self.last_ckpt, signal=signum)
+        self._save_samples()
+        n_eval = cfg.final_eval_samples or (cfg.eval_samples if _every(self.step, cfg.eval_every) else 0)
+        eval_metrics = self._evaluate(n_eval) if n_eval else {}
+        self._log_row(eval_metrics, seconds_per_it)
+        log.info("done: %d iterations; checkpoint %s; samples in %s; logs in %s", self.step, self.last_ckpt,
+                 self.out / "samples", self.metrics.jsonl_path if self.metrics is not None else "-")
+        return RunResult("completed", self.step, self.last_ckpt, eval_metrics=eval_metrics)
 
     def _checkpoint_or_roll_back(self) -> bool:
         """Write a checkpoint (True); when the state holds NaN/Inf, --skip-nonfinite rolls back
@@ -530,20 +441,15 @@ class TrainingLoop:
             raise error
         self.skipped += 1
         found = ckpt.load_checkpoint(self.last_ckpt)
-        self.trainer.load_state_arrays(
-            {k[len(TRAINER_PREFIX):]: v for k, v in found.arrays.items() if k.startswith(TRAINER_PREFIX)})
-        self.step = int(found.metadata["step"])
-        self.accum = _Accumulator(found.metadata.get("loop", {}).get("accum"))
+        self._load(found)
         # Logged rows past the rolled-back step describe the discarded iterations: drop them.
-        if self.metrics is not None:
-            self.metrics.close()
-            self.metrics = MetricsWriter(self.out, resume_step=self.step)
-        if self.tb is not None:
-            self.tb.close()
-            self.tb = TensorBoardWriter(self.out / "tb", purge_step=self.step + 1)
+        self._close_logs()
+        self._open_logs(self.step)
         what = str(error).split("; training stopped")[0]
         log.warning("%s; rolled back to %s (iteration %d), skipping the batches drawn since (%d of %d allowed)",
                     what, found.path, self.step, self.skipped, self.cfg.skip_nonfinite)
+        self.bar.n = self.step
+        self._restart_clock()
 
     def _iteration(self) -> None:
         cfg, step = self.cfg, self.step
@@ -554,23 +460,14 @@ class TrainingLoop:
                               f"critic step {k + 1}/{cfg.n_critic}", step, self.last_ckpt)
             if cfg.clip_weights > 0:
                 self.trainer.clip_critic_weights(cfg.clip_weights)  # type: ignore[attr-defined]
-            self.accum.add("", contract.logged_names(cfg.penalty, m))
+            self.accum.add(m)
         g = _check_finite(self.trainer.generator_step(step), "generator step", step, self.last_ckpt)
-        self.accum.add("", contract.logged_names(cfg.penalty, g, role="gen"))
-        self._postfix = {**contract.logged_names(cfg.penalty, m), **contract.logged_names(cfg.penalty, g, role="gen")}
+        self.accum.add(g)
+        self._postfix = {**m, **g}
         self.train_seconds += time.perf_counter() - t0
         self.step = step + 1
 
 
-def run_training(
-    trainer: Trainer,
-    cfg: TrainConfig,
-    *,
-    data: np.ndarray | None = None,
-    feature_fn: FeatureFn | None = None,
-    argv: Sequence[str] | None = None,
-) -> RunResult:
-    """Train ``trainer`` per ``cfg``; see :class:`TrainingLoop`. ``data`` (uint8 NHWC) and
-    ``feature_fn`` (images -> (pool features, logits)) override the configured dataset and
-    InceptionV3, mainly for tests."""
-    return TrainingLoop(trainer, cfg, data=data, feature_fn=feature_fn, argv=argv).run()
+def run_training(trainer: Trainer, cfg: TrainConfig, **options: Any) -> RunResult:
+    """Train ``trainer`` per ``cfg``; ``options`` (data, feature_fn, argv) as :class:`TrainingLoop` takes."""
+    return TrainingLoop(trainer, cfg, **options).run()

@@ -1,8 +1,6 @@
 """``python -m train.plot RUN_DIR [--out FILE]``: draw a run's metrics (train.runs.plot)."""
 
-import sys
-
 from train.runs.plot import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,8 +1,6 @@
 """``python -m train.sample CHECKPOINT``: sample grids from a checkpoint (train.runs.sample)."""
 
-import sys
-
 from train.runs.sample import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

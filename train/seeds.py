@@ -1,10 +1,7 @@
-"""One seed policy for the three trainers: an independent stream per purpose (and per replica).
-
-Every random stream a trainer uses is seeded from ``stream_seed(cfg.seed, purpose, replica)``,
-so changing the penalty (which consumes penalty randomness) never changes the latents, the
-model initialisation or the data order, in torch, TF and JAX alike. Replica 0 is the
-single-process stream; other replicas of a data-parallel run get their own penalty streams.
-"""
+"""One seed policy for the three trainers: every random stream is seeded from
+``stream_seed(cfg.seed, purpose, replica)``, so changing the penalty (which consumes penalty
+randomness) never changes the latents, the initialisation or the data order, in any framework.
+Replica 0 is the single-process stream; other replicas get their own penalty streams."""
 
 from __future__ import annotations
 
@@ -12,7 +9,6 @@ import numpy as np
 
 # Purposes, each its own stream. Fixed sample grids and evaluation latents belong to the loop.
 PURPOSES = ("init", "data", "latents", "penalty", "sample_grid", "eval")
-
 MAX_SEED = 2**32 - 1  # what every framework's seeding accepts (JAX keys without x64 included)
 
 

@@ -1,23 +1,4 @@
-"""Data-parallel TensorFlow training on ``tf.distribute`` (MirroredStrategy, MultiWorkerMirroredStrategy).
-
-What :class:`train.tf_wgan.TfWGAN` uses when it is given a strategy (``--distribute``):
-
-* :func:`make_strategy` builds the strategy: ``mirrored`` (all local GPUs, else the CPU; with
-  ``cpu_replicas`` N the CPU is first split into N logical devices, which must happen before TF
-  initialises) or ``multi_worker`` (one process per machine, cluster from ``TF_CONFIG``).
-* The global batch stays ``batch_size``: :func:`distribute_batch` gives replica r rows
-  ``[r*b, (r+1)*b)`` of the global batch (b = batch_size / replicas). Every worker's data iterator
-  yields the same global batch (same data seed), so this split is deterministic everywhere.
-* :class:`ReplicaStream`: replica r's penalty randomness comes from stateless draws keyed by
-  ``fold_in(step_seed, r)``, where ``step_seed`` is drawn once per critic step (in cross-replica
-  context) from the trainer's checkpointed ``tf.random.Generator``. Every replica therefore draws
-  different VALP directions / GP interpolation weights, deterministically, and resume stays exact
-  (only the base generator's state is state).
-* :func:`cross_replica` reduces per-replica scalars exactly as one process would on the global
-  batch: ``mean`` (all_reduce MEAN), ``sum`` (all_reduce SUM) and ``max`` (all_gather + max).
-  :func:`penalty_weight` is the factor that turns a per-replica penalty into its share of the
-  global one, so that the SUM all-reduce of the per-replica gradients is the global gradient.
-"""
+"""Data-parallel TensorFlow training on ``tf.distribute``; semantics: docs/distributed.md."""
 
 from __future__ import annotations
 
@@ -34,9 +15,7 @@ DISTRIBUTE_MODES = ("none", "mirrored", "multi_worker")
 
 
 def split_cpu(n: int) -> None:
-    """Split the first physical CPU into ``n`` logical devices (to run MirroredStrategy on CPU).
-
-    Must run before TensorFlow initialises its runtime (before the first op or tensor)."""
+    """Split the first physical CPU into ``n`` logical devices, before TF's first op runs."""
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if current is not None and len(current) == n:
@@ -49,12 +28,7 @@ def split_cpu(n: int) -> None:
 
 
 def make_strategy(mode: str, *, cpu_replicas: int = 0, device: str = "auto") -> tf.distribute.Strategy | None:
-    """The strategy for ``--distribute`` ``mode`` (None for ``none``).
-
-    mirrored: every local GPU (choose them with CUDA_VISIBLE_DEVICES), or with ``--device cpu`` /
-    without GPUs the CPU; ``cpu_replicas`` N >= 2 splits the CPU into N logical devices, one
-    replica each (CPU tests and trying it out). multi_worker: MultiWorkerMirroredStrategy over the
-    cluster in ``TF_CONFIG`` (required), each worker using its local GPUs or its one CPU."""
+    """The strategy for ``--distribute`` ``mode`` (None for ``none``; docs/distributed.md)."""
     if mode not in DISTRIBUTE_MODES:
         raise ConfigError(f"--distribute must be one of {DISTRIBUTE_MODES}, got {mode!r}")
     if cpu_replicas < 0 or cpu_replicas == 1:
@@ -92,10 +66,6 @@ def num_workers(strategy: tf.distribute.Strategy) -> int:
     return max(1, sum(len(v) for k, v in spec.items() if k in ("chief", "worker")))
 
 
-def local_devices(strategy: tf.distribute.Strategy) -> tuple[str, ...]:
-    return tuple(strategy.extended.worker_devices)
-
-
 def check_divisible(strategy: tf.distribute.Strategy, **sizes: int) -> int:
     """The number of replicas; a ConfigError naming the flag unless every size splits evenly."""
     n = strategy.num_replicas_in_sync
@@ -107,15 +77,13 @@ def check_divisible(strategy: tf.distribute.Strategy, **sizes: int) -> int:
 
 
 def distribute_batch(strategy: tf.distribute.Strategy, batch: Any) -> Any:
-    """Replica r gets rows [r*b, (r+1)*b) of the global ``batch`` (a NumPy array or a tensor; works
-    inside tf.function), placed on its device. In multi-worker runs every worker passes the same
-    global batch and keeps the rows of its own replicas."""
+    """Rows [r*b, (r+1)*b) of the global ``batch`` (the same on every worker) on replica r's device."""
     n = strategy.num_replicas_in_sync
     total = int(batch.shape[0])
     if total % n:
         raise ValueError(f"a global batch of {total} cannot be split evenly across {n} replicas")
     b = total // n
-    devices = local_devices(strategy)
+    devices = tuple(strategy.extended.worker_devices)
 
     def value_fn(ctx: tf.distribute.experimental.ValueContext) -> tf.Tensor:
         r = ctx.replica_id_in_sync_group
@@ -127,11 +95,8 @@ def distribute_batch(strategy: tf.distribute.Strategy, batch: Any) -> Any:
 
 
 class ReplicaStream:
-    """Stateless random draws from one seed, with the ``uniform``/``normal`` methods of a
-    ``tf.random.Generator`` that the penalties call (``rng.uniform(shape, dtype=...)``).
-
-    Call k uses ``fold_in(seed, k)``; the count advances when a call is traced, which is once per
-    graph, so a step's k-th draw is the same every time the step runs (with a new seed)."""
+    """Stateless draws from one seed with the ``uniform``/``normal`` methods the penalties call on a
+    ``tf.random.Generator``; call k uses ``fold_in(seed, k)``, k counted at trace time."""
 
     def __init__(self, seed: tf.Tensor) -> None:
         self.seed = tf.cast(seed, tf.int64)
@@ -159,9 +124,7 @@ def replica_stream(step_seed: tf.Tensor) -> ReplicaStream:
 
 
 def cross_replica(values: Mapping[str, tf.Tensor], how: Mapping[str, str] | str) -> dict[str, tf.Tensor]:
-    """Reduce scalars over all replicas (call in replica context): ``mean``, ``sum``, ``max``.
-
-    Batched: one all-reduce per operation, one all-gather for the maxima."""
+    """Scalars reduced over all replicas by ``mean``, ``sum`` or ``max``, one collective per kind."""
     ctx = tf.distribute.get_replica_context()
     kinds = {k: how if isinstance(how, str) else how[k] for k in values}
     out: dict[str, tf.Tensor] = {}
@@ -175,18 +138,14 @@ def cross_replica(values: Mapping[str, tf.Tensor], how: Mapping[str, str] | str)
         else:
             vec = ctx.all_reduce(tf.distribute.ReduceOp.MEAN if kind == "mean" else tf.distribute.ReduceOp.SUM, vec)
         out.update({k: tf.cast(vec[i], values[k].dtype) for i, k in enumerate(keys)})
-    unknown = set(kinds.values()) - {"mean", "sum", "max"}
-    if unknown:
+    if unknown := set(kinds.values()) - {"mean", "sum", "max"}:
         raise ValueError(f"cannot reduce across replicas with {sorted(unknown)}")
     return out
 
 
 def penalty_weight(penalty: tf.Tensor, reduce: str, num_replicas: int) -> tf.Tensor:
-    """Gradient-free factor w_r with sum_r w_r * penalty_r = the global penalty, in value and gradient.
-
-    mean: 1/R (a mean of equal-size per-replica means). sum: 1. max: the replica(s) holding the
-    global maximum, ties shared equally (as tf.reduce_max's gradient shares them): every penalty's
-    value increases with its per-sample maximum, so the global max is the largest replica's."""
+    """Gradient-free w_r with sum_r w_r * penalty_r = the global penalty in value and gradient: 1/R
+    for mean, 1 for sum, for max the replicas holding the global maximum (ties shared equally)."""
     if reduce == "mean":
         return tf.constant(1.0 / num_replicas, penalty.dtype)
     if reduce == "sum":
@@ -215,4 +174,4 @@ def local_result(strategy: tf.distribute.Strategy, value: Any) -> Any:
 
 def describe(strategy: tf.distribute.Strategy) -> str:
     return (f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replicas, "
-            f"{num_workers(strategy)} worker(s), local devices {list(local_devices(strategy))}")
+            f"{num_workers(strategy)} worker(s), local devices {list(strategy.extended.worker_devices)}")

@@ -1,19 +1,4 @@
-"""PyTorch WGAN trainer (paper section 4; README "Training"): ``python -m train.torch_wgan``.
-
-Implements :class:`train.loop.Trainer`; the shared loop does data, schedule, logs, checkpoints
-and resume, and :mod:`train.contract` the objectives, metric names and checkpoint keys. This
-file holds what torch forces: autograd and ``.backward()``, Adam, devices and DDP. Per critic
-step: fakes from the generator (train-mode BatchNorm, no grad), one critic pass on
-cat([real, fake]), ``train.contract.critic_objective``, Adam step, then the AL multiplier
-update. Per generator step: ``-E f(G(z))``, Adam step, then an EMA of all generator weights
-*and* BatchNorm running statistics, which ``sample`` uses in eval mode.
-
-Randomness (:mod:`train.seeds`): ``torch.Generator`` streams for latents and penalty draws, and
-a forked, seeded global RNG for init (leaving the caller's global state untouched). On CPU, a
-resumed run matches an uninterrupted one bit for bit.
-
-Data-parallel (DistributedDataParallel under ``torchrun``): see :mod:`train.torch_distributed`.
-"""
+"""PyTorch WGAN trainer (``python -m train.torch_wgan``); semantics: docs/trainers.md "Per framework"."""
 
 from __future__ import annotations
 
@@ -46,7 +31,7 @@ from train.torch_distributed import (
     gather_rng_states,
     init_from_env,
     max_owner_scale,
-    reduce_critic_stats,
+    resolve_device,
     shard_rows,
     wrap_ddp,
 )
@@ -57,28 +42,10 @@ log = logging.getLogger("valr.train")
 FRAMEWORK = "torch"
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``--device``: auto (cuda when available), cpu, cuda[:N] or gpu[:N]."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec.startswith(("cuda", "gpu")):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {spec}: CUDA is not available to this torch build")
-        return torch.device(spec.replace("gpu", "cuda", 1))
-    raise ConfigError(f"--device {spec} is not supported by the torch trainer (use auto, cpu or cuda[:N])")
-
-
-def _seeded_generator(seed: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 def _build_models(cfg: TrainConfig, device: torch.device) -> tuple[Generator, Critic]:
-    arch = cfg.arch
     net = ResNetConfig(latent_dim=cfg.z_dim, gen_channels=cfg.gen_channels,
-                       critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=arch)
-    gen_cls, critic_cls = (dcgan.Generator, dcgan.Critic) if arch == "dcgan" else (Generator, Critic)
+                       critic_channels=cfg.critic_channels, image_size=cfg.image_size, arch=cfg.arch)
+    gen_cls, critic_cls = (dcgan.Generator, dcgan.Critic) if cfg.arch == "dcgan" else (Generator, Critic)
     # nn.init draws from the global RNG: fork it so init is seeded and the caller's state kept.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(stream_seed(cfg.seed, "init"))
@@ -94,11 +61,6 @@ def _adam(module: nn.Module, lr: float, cfg: TrainConfig, device: torch.device) 
                             fused=device.type == "cuda")
 
 
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
 def _metrics(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """One device->host transfer for all scalars of a step."""
     keys = list(values)
@@ -107,10 +69,7 @@ def _metrics(values: Mapping[str, torch.Tensor]) -> dict[str, float]:
 
 
 class TorchWGAN:
-    """The torch :class:`train.loop.Trainer` (NumPy NHWC in, scalars/uint8 NHWC out).
-
-    ``dist``: this replica's :class:`train.torch_distributed.DistContext` for data-parallel
-    training (DDP); None or a world of 1 is the single-process trainer."""
+    """The torch :class:`train.loop.Trainer`; ``dist``: this replica's DDP context (None: one process)."""
 
     framework = FRAMEWORK
 
@@ -121,10 +80,8 @@ class TorchWGAN:
         self.rank = self.dist.rank if self.dist else 0
         self.world_size = self.dist.world_size if self.dist else 1
         self.is_chief = self.rank == 0  # only the chief writes logs, samples and checkpoints
-        if device is not None:
-            self.device = torch.device(device)
-        else:
-            self.device = dist.device if dist is not None else resolve_device(cfg.device)
+        self.device = (torch.device(device) if device is not None
+                       else dist.device if dist is not None else resolve_device(cfg.device))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
         self.gen, self.critic = _build_models(cfg, self.device)
@@ -133,27 +90,22 @@ class TorchWGAN:
         self.opt_g = _adam(self.gen, cfg.lr_g, cfg, self.device)
         self.opt_d = _adam(self.critic, cfg.lr_d, cfg, self.device)
         self.penalty: Penalty = penalty_from_config(cfg, FRAMEWORK)
-        self.rng_z = _seeded_generator(stream_seed(cfg.seed, "latents"), self.device)
-        self.rng_penalty = _seeded_generator(stream_seed(cfg.seed, "penalty", self.rank), self.device)
+        self.rng_z = torch.Generator(self.device).manual_seed(stream_seed(cfg.seed, "latents"))
+        self.rng_penalty = torch.Generator(self.device).manual_seed(stream_seed(cfg.seed, "penalty", self.rank))
         # The multiplier lives on the device as a 0-dim float32 tensor (0 and unused without AL).
-        self.al_state = self.penalty.init_state(torch.zeros((), device=self.device))
-        # *_train: the modules whose backward syncs gradients (DDP-wrapped when distributed);
-        # *_plain: the same parameters without DDP, for the penalty's extra passes and for
-        # passes without parameter gradients. One object in a single process.
+        self.al_state = contract.initial_multiplier(self.penalty, torch.zeros((), device=self.device))
+        # *_train: the modules whose backward syncs gradients (DDP-wrapped when distributed); *_plain:
+        # the same parameters without DDP, for the penalty's passes and passes without gradients.
         self._gen_train = self._gen_plain = self.gen
         self._critic_train = self._critic_plain = self.critic
         if self.dist is not None:
-            self._wrap_ddp()
+            self._real_rows = shard_rows(cfg.batch_size, self.dist, "--batch-size")
+            self._gen_rows = shard_rows(cfg.gen_batch_size, self.dist, "--gen-batch-size")
+            self._gen_train, self._critic_train = wrap_ddp(self.gen, self.critic, self.device)
         if cfg.extra.get("compile"):
             self._compile()
         log.info("torch trainer on %s, penalty %s%s", self.device, cfg.penalty,
                  f", replica {self.rank} of {self.world_size} ({self.dist.backend})" if self.dist else "")
-
-    def _wrap_ddp(self) -> None:
-        assert self.dist is not None
-        self._real_rows = shard_rows(self.cfg.batch_size, self.dist, "--batch-size")
-        self._gen_rows = shard_rows(self.cfg.gen_batch_size, self.dist, "--gen-batch-size")
-        self._gen_train, self._critic_train = wrap_ddp(self.gen, self.critic, self.device)
 
     def _compile(self) -> None:
         if self.cfg.penalty in ("gp", "lp"):
@@ -167,20 +119,16 @@ class TorchWGAN:
             self._critic_train, self._critic_plain = torch.compile(self._critic_train), torch.compile(self.critic)
 
     def _autocast(self) -> torch.autocast:
-        """--precision bf16: the critic's and generator's forward passes (VALP's included) in
-        bfloat16 by autocast; weights, Adam, losses and mu stay float32."""
+        """--precision bf16: forward passes (VALP's included) autocast to bfloat16."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
 
     def sync_stop(self, requested: bool) -> bool:
         """The loop's stop agreement: True on every replica when any replica got a signal."""
         return any_replica(requested, self.device) if self.dist is not None else requested
 
-    # -- steps -----------------------------------------------------------------------------
-
     def _to_nchw(self, images: np.ndarray) -> torch.Tensor:
-        """NHWC NumPy -> NCHW tensor in channels_last layout (a view of the NHWC data)."""
+        """NHWC NumPy -> NCHW channels_last view in the models' dtype (float64 in some tests)."""
         t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-        # The models' dtype (float32; float64 when built under torch.set_default_dtype, in tests).
         return t.to(self.device, dtype=self._dtype, non_blocking=True).permute(0, 3, 1, 2)
 
     def _latents(self, n: int) -> torch.Tensor:
@@ -188,10 +136,8 @@ class TorchWGAN:
 
     def critic_step(self, real: np.ndarray, step: int) -> dict[str, float]:
         cfg = self.cfg
-        _set_lr(self.opt_d, lr_at(cfg.lr_d, step, cfg.steps, cfg.lr_decay))
-        # Distributed: every replica sees the global batch and draws the global latents (same
-        # stream everywhere) and keeps its shard, so the global batch is the single-process one.
-        z = self._latents(len(real))
+        self.opt_d.param_groups[0]["lr"] = lr_at(cfg.lr_d, step, cfg.steps, cfg.lr_decay)  # its one group
+        z = self._latents(len(real))  # the global batch's latents, on every replica: it keeps its shard
         if self.dist is not None:
             real, z = real[self._real_rows], z[self._real_rows]
         real_t = self._to_nchw(real)
@@ -199,27 +145,27 @@ class TorchWGAN:
         with torch.no_grad(), self._autocast():
             fake = self._gen_plain(z).to(self._dtype)  # train-mode BN, as in the reference code
         with self._autocast():
-            # One pass on both halves (the critic has no normalisation); VALP reuses the outputs.
-            # Under DDP this is the one forward through the wrapper; the penalty's extra passes use
-            # the inner module and backward runs once, so each gradient is all-reduced once.
+            # One pass on both halves, reused by VALP; under DDP the only one through the wrapper
+            # (the penalty's passes use the inner module), so each gradient is all-reduced once.
             scores = self._critic_train(torch.cat([real_t, fake])).reshape(2 * n, -1)
-            weight = 1.0 if self.dist is None else self._penalty_scale
-            loss, out, pen = contract.critic_objective(self.penalty, self._critic_plain, real_t, fake,
-                                                       self.rng_penalty, self.al_state, scores.float(),
-                                                       penalty_weight=weight)
+            loss, out, pen = contract.critic_objective(
+                self.penalty, self._critic_plain, real_t, fake, self.rng_penalty, self.al_state, scores.float(),
+                penalty_weight=1.0 if self.dist is None else self._penalty_scale)
         self.rng_penalty = pen.rng
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         constraint = pen.constraint
         if self.dist is not None:
-            out, constraint = reduce_critic_stats(out, constraint, self.penalty.reduction, self.world_size)
+            red, reduced = contract.reduce_over_replicas(out, constraint, contract.reduction_of(self.penalty),
+                                                         lambda v, how: all_reduce_stats(v, self.world_size, how))
+            out, constraint = {k: red[k] for k in out}, reduced.to(constraint.dtype)
         self.opt_d.step()
-        self.al_state = self.penalty.update(self.al_state, constraint)
-        return _metrics(contract.with_multiplier(out, self.al_state))
+        self.al_state = contract.multiplier_step(self.penalty, self.al_state, constraint)
+        return _metrics(contract.with_multiplier(out, self.penalty, self.al_state))
 
     def _penalty_scale(self, pen: torch.Tensor) -> torch.Tensor | float:
         """Makes DDP's gradient average that of the penalty's reduction over the global batch."""
-        how = self.penalty.reduction
+        how = contract.reduction_of(self.penalty)
         if how == "sum":
             return float(self.world_size)
         if how == "max":
@@ -229,7 +175,7 @@ class TorchWGAN:
 
     def generator_step(self, step: int) -> dict[str, float]:
         cfg = self.cfg
-        _set_lr(self.opt_g, lr_at(cfg.lr_g, step, cfg.steps, cfg.lr_decay))
+        self.opt_g.param_groups[0]["lr"] = lr_at(cfg.lr_g, step, cfg.steps, cfg.lr_decay)
         z = self._latents(cfg.gen_batch_size)
         if self.dist is not None:
             z = z[self._gen_rows]
@@ -243,7 +189,7 @@ class TorchWGAN:
             self.critic.requires_grad_(True)
         self.opt_g.step()
         self._update_ema()
-        out = {"loss": loss}
+        out = {contract.GEN_LOSS: loss}
         if self.dist is not None:
             out = all_reduce_stats(out, self.world_size)
         return _metrics(out)
@@ -263,28 +209,23 @@ class TorchWGAN:
     def sample(self, z: np.ndarray) -> np.ndarray:
         """EMA generator, eval-mode BN; touches no training state or RNG."""
         zt = torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)).to(self.device)
-        images = self.ema(zt).permute(0, 2, 3, 1).float().cpu().numpy()
-        return to_uint8(images)
+        return to_uint8(self.ema(zt).permute(0, 2, 3, 1).float().cpu().numpy())
 
     @torch.no_grad()
     def clip_critic_weights(self, c: float) -> None:
-        """``--clip-weights C`` (the loop calls it after each critic step): clamp every critic
-        parameter to [-C, C] in place."""
+        """``--clip-weights C``: every critic parameter clamped to [-C, C]."""
         for p in self.critic.parameters():
             p.clamp_(-c, c)
 
     @torch.no_grad()
     def critic_scores(self, images: np.ndarray) -> np.ndarray:
-        """The critic's scores f(x) on float32 NHWC images in [-1, 1], shape (N,); in eval mode,
-        so spectral normalisation's power iteration does not advance."""
+        """The critic's scores f(x) on NHWC images in [-1, 1], shape (N,); eval mode: SN stays put."""
         was = self.critic.training
         self.critic.eval()
         try:
             return self._critic_plain(self._to_nchw(images)).reshape(-1).float().cpu().numpy()
         finally:
             self.critic.train(was)
-
-    # -- state -----------------------------------------------------------------------------
 
     def _optimizer_arrays(self, prefix: str, opt: torch.optim.Adam, module: nn.Module) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
@@ -305,8 +246,7 @@ class TorchWGAN:
             state[i] = {"step": torch.tensor(float(arrays[f"{prefix}/{name}/step"]), dtype=torch.float32),
                         **{slot: torch.from_numpy(np.array(arrays[f"{prefix}/{name}/{slot}"]))
                            for slot in ("exp_avg", "exp_avg_sq")}}
-        sd = opt.state_dict()
-        opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The checkpointed state; distributed, a collective (gathers the replicas' penalty streams)."""
@@ -319,18 +259,17 @@ class TorchWGAN:
         out: dict[str, np.ndarray] = {}
         for prefix, module in (("gen", self.gen), ("critic", self.critic), ("ema", self.ema)):
             out.update({f"{prefix}/{k}": v.detach().cpu().numpy().copy() for k, v in module.state_dict().items()})
-        out.update(self._optimizer_arrays("opt_g", self.opt_g, self.gen))
-        out.update(self._optimizer_arrays("opt_d", self.opt_d, self.critic))
-        out[contract.MU_KEY] = contract.scalar_state(self.al_state.mu.detach().cpu())
-        out[contract.RNG_LATENTS_KEY] = self.rng_z.get_state().numpy().copy()
-        out[contract.RNG_PENALTY_KEY] = self.rng_penalty.get_state().numpy().copy()
-        return out
+        return {**out, **self._optimizer_arrays("opt_g", self.opt_g, self.gen),
+                **self._optimizer_arrays("opt_d", self.opt_d, self.critic),
+                contract.MU_KEY: contract.scalar_state(self.al_state.mu.detach().cpu()),
+                contract.RNG_LATENTS_KEY: self.rng_z.get_state().numpy().copy(),
+                contract.RNG_PENALTY_KEY: self.rng_penalty.get_state().numpy().copy()}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray]) -> None:
         arrays = dict(arrays)
         replica_rngs = arrays.pop(_REPLICA_RNG_KEY, None)  # written by distributed runs only
         live = self._local_state_arrays()
-        for key in _RNG_KEYS:  # their size depends on the device type; checked in _load_rng
+        for key in (contract.RNG_LATENTS_KEY, contract.RNG_PENALTY_KEY):  # sizes vary: _load_rng checks
             if key in arrays:
                 live[key] = np.asarray(arrays[key], live[key].dtype)
         arrays = ckpt.restore_arrays(arrays, live, context="torch trainer state")
@@ -343,27 +282,22 @@ class TorchWGAN:
         self._load_optimizer("opt_d", self.opt_d, self.critic, arrays)
         self.al_state = ALState(torch.tensor(float(arrays[contract.MU_KEY]), dtype=torch.float32, device=self.device))
         _load_rng(self.rng_z, arrays[contract.RNG_LATENTS_KEY], contract.RNG_LATENTS_KEY)
-        self._load_penalty_rng(arrays[contract.RNG_PENALTY_KEY], replica_rngs)
-
-    def _load_penalty_rng(self, rank0: np.ndarray, replicas: np.ndarray | None) -> None:
         if self.rank == 0:
-            _load_rng(self.rng_penalty, rank0, contract.RNG_PENALTY_KEY)
-        elif replicas is not None and replicas.ndim == 2 and replicas.shape[0] == self.world_size:
-            _load_rng(self.rng_penalty, replicas[self.rank], f"{_REPLICA_RNG_KEY}[{self.rank}]")
+            _load_rng(self.rng_penalty, arrays[contract.RNG_PENALTY_KEY], contract.RNG_PENALTY_KEY)
+        elif replica_rngs is not None and replica_rngs.ndim == 2 and replica_rngs.shape[0] == self.world_size:
+            _load_rng(self.rng_penalty, replica_rngs[self.rank], f"{_REPLICA_RNG_KEY}[{self.rank}]")
         else:
-            self.rng_penalty.manual_seed(derived_rng_seed(rank0, self.rank))
+            self.rng_penalty.manual_seed(derived_rng_seed(arrays[contract.RNG_PENALTY_KEY], self.rank))
             log.warning("replica %d: the checkpoint holds no penalty stream for %d replicas; derived one "
                         "from replica 0's (training continues, but not bit-identically)",
                         self.rank, self.world_size)
 
 
-_RNG_KEYS = (contract.RNG_LATENTS_KEY, contract.RNG_PENALTY_KEY)
 _REPLICA_RNG_KEY = "rng/penalty_replicas"  # (world_size, state bytes): every replica's penalty stream
 
 
 def _load_rng(gen: torch.Generator, saved: np.ndarray, key: str) -> None:
-    """Restore a generator; a state saved on another device type (CPU vs CUDA generators have
-    different state layouts) reseeds deterministically from it instead, with a warning."""
+    """Restore a generator; a state of another device type's layout reseeds it from the state."""
     state = torch.from_numpy(np.array(saved, dtype=np.uint8))
     if state.numel() == gen.get_state().numel():
         gen.set_state(state)
@@ -375,8 +309,7 @@ def _load_rng(gen: torch.Generator, saved: np.ndarray, key: str) -> None:
 
 
 def make_trainer(cfg: TrainConfig) -> TorchWGAN:
-    """The CLI's factory; applies ``--threads`` (process-wide, so only here, not in TorchWGAN)
-    and joins the process group when launched by ``torchrun`` with more than one process."""
+    """The CLI's factory: applies the process-wide ``--threads``, joins torchrun's process group."""
     threads = cfg.extra.get("threads")
     if threads is not None:
         if threads < 1:

@@ -1,7 +1,5 @@
-"""valr_core: Virtual Adversarial Lipschitz Regularization, written once.
-
-Imports no deep-learning framework; backends are found lazily by name or from the input.
-"""
+"""valr_core: Virtual Adversarial Lipschitz Regularization, written once. Imports no deep-learning
+framework; backends are found lazily by name or from the input."""
 
 from importlib.metadata import PackageNotFoundError, version
 
@@ -22,27 +20,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
-    "GP",
-    "LP",
-    "VALP",
-    "VAT",
-    "ALState",
-    "Backend",
-    "Draws",
-    "GPAux",
-    "GradientPenaltyConfig",
-    "INPUT_DISTANCES",
-    "OUTPUT_DISTANCES",
-    "PenaltyConfig",
-    "StatefulVALP",
-    "ValpAux",
-    "ValpConfig",
-    "Violations",
-    "adversarial_direction",
-    "backend_for",
-    "backend_names",
-    "compute_violations",
-    "get_backend",
-    "sample_alphas",
-    "sample_draws",
+    "GP", "LP", "VALP", "VAT", "ALState", "Backend", "Draws", "GPAux", "GradientPenaltyConfig",
+    "INPUT_DISTANCES", "OUTPUT_DISTANCES", "PenaltyConfig", "StatefulVALP", "ValpAux", "ValpConfig",
+    "Violations", "adversarial_direction", "backend_for", "backend_names", "compute_violations",
+    "get_backend", "sample_alphas", "sample_draws",
 ]

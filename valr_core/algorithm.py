@@ -18,11 +18,8 @@ from .precision import astype, work_dtype
 
 
 class Draws(NamedTuple):
-    """The random inputs of one VALP evaluation.
-
-    direction: (m, ...) initial direction, any scale (normalised per sample before use).
-    eps: (m,) perturbation radii. index: (m,) rows of the batch regularised, or None = all.
-    """
+    """The random inputs of one VALP evaluation: direction (m, ...), any scale (normalised per
+    sample before use); eps (m,) radii; index (m,) rows regularised, or None for all."""
 
     direction: Tensor
     eps: Tensor
@@ -30,14 +27,9 @@ class Draws(NamedTuple):
 
 
 class Violations(NamedTuple):
-    """Per-sample results of one evaluation (m = regularised samples).
-
-    violations, quotients: in the work dtype (float32 for float16/bfloat16 inputs). A pair whose
-    measured d_X fell below ``DROP_RATIO`` times its drawn eps (clipping or rounding removed the
-    perturbation) is dropped: quotient and violation 0, ``kept`` False. A pair with a NaN or
-    Inf in d_X or d_Y (a non-finite x or critic output) is never dropped: its quotient and
-    violation are non-finite, and so is the penalty. eps: the radii used (for
-    eps_scale="auto", the drawn ones times ``scale``)."""
+    """Per-sample results of one evaluation (m = regularised samples), in the work dtype. A
+    finite pair whose measured d_X fell below ``DROP_RATIO`` times its eps is dropped (quotient
+    and violation 0, ``kept`` False); a non-finite pair never is (its violation stays NaN/Inf)."""
 
     violations: Tensor  # (m,) max(0, quotient - K); carries gradients to the critic
     quotients: Tensor  # (m,) d_Y / d_X; carries gradients
@@ -54,12 +46,8 @@ class Violations(NamedTuple):
 # applies to finite pairs only: it never hides a NaN (SPEC "NaN").
 DROP_RATIO = 1e-2
 
-# eps_scale="auto" (config.ValpConfig's docstring, docs/conventions-eps-scale.md): radii times
-# median pairwise l2 distance / EPS_SCALE_REFERENCE; CIFAR-10 in [-1, 1] gives a median of ~37-39
-# (uniform noise images 45.3), so the paper's radii are kept there. The median is taken over the
-# pairs of at most EPS_SCALE_SAMPLES samples, evenly strided through the batch: a 256-sample
-# median is as good a scale as the full batch's, at a bounded cost (a 256 x 256 Gram matrix and
-# a sort of its 65536 entries) for any batch size.
+# eps_scale="auto": radii times median pairwise distance / EPS_SCALE_REFERENCE (about 1 on
+# CIFAR-10 in [-1, 1]), the median over at most EPS_SCALE_SAMPLES samples (docs/conventions-eps-scale.md).
 EPS_SCALE_REFERENCE = 40.0
 EPS_SCALE_SAMPLES = 256
 
@@ -96,14 +84,10 @@ def metric_norms(backend: Backend, config: ValpConfig, d: Tensor) -> Tensor | No
 
 
 def median_pairwise_distance(backend: Backend, x: Tensor) -> Tensor | None:
-    """The median l2 distance over the pairs i < j of the batch's samples (at most
-    ``EPS_SCALE_SAMPLES``, evenly strided: x[::ceil(N / 256)]), under stop-gradient, in the work
-    dtype; NaN if any sample is not finite; None for a single sample (no pair).
-
-    Distances from the Gram matrix G: D^2 = g_i + g_j - 2 G_ij with g = diag(G), so the diagonal
-    is exactly 0 and the N smallest of the N^2 sorted entries are the diagonal's; each pair
-    appears twice after them, so the k-th smallest pair distance sits at N + 2(k - 1): the
-    median's position is static (jit, tf.function), with no boolean mask."""
+    """The median l2 distance over the pairs i < j of at most ``EPS_SCALE_SAMPLES`` samples
+    (x[::ceil(N / 256)]), under stop-gradient, in the work dtype; NaN for a non-finite batch, None
+    for one sample. From the Gram matrix, so the diagonal is exactly 0 and sorts first: the
+    median sits at a static position (jit, tf.function), with no boolean mask."""
     xp = backend.namespace(x)
     n = backend.shape(x)[0]
     if not isinstance(n, int):

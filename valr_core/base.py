@@ -19,23 +19,30 @@ def sample_alphas(backend: Backend | str, real: Tensor, rng: Rng) -> tuple[Tenso
     return backend.uniform(rng, (backend.shape(real)[0],), real)
 
 
+def replica_reduction(stat: str, reduction: str) -> str:
+    """How ``stat`` (an ``aux.stats`` name, e.g. ``valp/max_violation``) combines over replicas:
+    penalty and constraint by the penalty's ``reduction``, ``max_*`` by max, the others by mean."""
+    name = stat.rsplit("/", 1)[-1]
+    if name in ("penalty", "constraint"):
+        return reduction
+    return "max" if name.startswith("max_") else "mean"
+
+
 class PenaltyBase:
     """Mixin for the frozen penalty dataclasses; needs ``backend``, ``rho``, ``check_finite``."""
 
     backend: str | None
     rho: float
     check_finite: bool
+    prefix: ClassVar[str]  # of its aux.stats names: "valp", "gp" or "lp"
     # Where a WGAN critic step's penalty looks: VALP at concat([real, fake]), GP/LP at interpolates.
     pairs: ClassVar[str] = "concat"
 
-    # -- one WGAN critic step ------------------------------------------------------------------
     def pair_loss(self, critic: Any, real: Tensor, fake: Tensor, rng: Any = None, state: ALState | None = None, *,
                   fx: Tensor | None = None, draws: Any = None, freeze: Any = None) -> tuple[Tensor, Any]:
-        """The penalty of a WGAN critic step on its real and fake batches: the one call the
-        trainers and the Keras front door share. VALP regularises concat([real, fake]) (real and
-        fake held constant; ``fx``: the critic's scores of that concatenation, reused), GP and LP
-        the interpolates of the two. ``draws``: from :meth:`pair_draws` (VALP's Draws, GP's
-        alphas), instead of ``rng``. Returns ``loss``'s (penalty, aux)."""
+        """The penalty of a WGAN critic step (the trainers' and Keras front door's call): ``loss``'s
+        (penalty, aux) for VALP on concat([real, fake]) (held constant; ``fx``: the critic's scores of
+        it, reused) or GP/LP on their interpolates; ``draws`` (from :meth:`pair_draws`) replace ``rng``."""
         backend = resolve_backend(self.backend, real)
         rs, fs = tuple(backend.shape(real)), tuple(backend.shape(fake))
         # Static sizes only: a dynamic batch size (TF graphs) is a tensor, checked by the penalty.
@@ -69,7 +76,6 @@ class PenaltyBase:
             if not isinstance(self.backend, str) or self.backend.lower() not in _ALIASES:
                 raise ValueError(f"backend must be None or one of {sorted(_ALIASES)}, got {self.backend!r}")
 
-    # -- augmented-Lagrangian state ------------------------------------------------------------
     def init_state(self, like: Tensor | None = None) -> ALState:
         """mu = 0, a scalar of ``like``'s framework and device (or a Python float): float32
         whatever ``like``'s dtype (float64 for float64), so a bfloat16 mu still moves. ``like``
@@ -78,15 +84,13 @@ class PenaltyBase:
             return ALState(0.0)
         backend = resolve_backend(self.backend, like)
         xp = backend.namespace(like)
-        # An empty slice of ``like`` (0-d: reshaped to (1,) first) summed: 0 on like's device,
-        # and no value of ``like`` is read, copied or cast.
+        # An empty slice summed: 0 on like's device, with no value of ``like`` read or cast.
         empty = like[:0] if len(backend.shape(like)) else xp.reshape(like, (1,))[:0]
         return ALState(xp.sum(astype(backend, empty, work_dtype(backend, like))))
 
     def update(self, state: ALState, constraint: Tensor) -> ALState:
-        """The AL multiplier step mu <- max(0, mu + rho * constraint); pure.
-
-        In data-parallel training, average ``constraint`` over replicas before calling."""
+        """The AL multiplier step mu <- max(0, mu + rho * constraint); pure. In data-parallel
+        training, average ``constraint`` over replicas before calling."""
         if isinstance(state.mu, float) and isinstance(constraint, float):
             return ALState(max(0.0, state.mu + self.rho * constraint))
         tensor = constraint if not isinstance(constraint, float) else state.mu
@@ -98,7 +102,6 @@ class PenaltyBase:
         c = constraint if isinstance(constraint, float) else astype(backend, constraint, work)
         return multiplier_update(xp, self, ALState(mu), c)
 
-    # -- input checks ------------------------------------------------------------------------
     def _check_input(self, backend: Backend, x: Tensor, what: str = "x") -> Tensor:
         if not backend.is_floating(x):
             raise TypeError(f"{what} must be a floating-point tensor, got dtype {backend.dtype_name(x)}")

@@ -74,22 +74,11 @@ class ValpConfig(PenaltyConfig):
     treat f(x) as a constant (VAT). reduction, mode, lam, rho, check_finite: ``PenaltyConfig``.
 
     eps_scale: None / "none" (default): the paper's absolute radii eps ~ U[eps_min, eps_max].
-    "auto": the drawn radii, and xi, are multiplied by the batch's data scale s = m / 40, m the
-    median l2 distance over the pairs i < j of the batch's samples (at most 256 of them, evenly
-    strided), computed under stop-gradient in the work dtype (``algorithm.data_scale``). Why
-    the median: it follows the bulk of the batch and ignores a few far outliers (a mixed
-    real/fake batch). Why 40: CIFAR-10 scaled to [-1, 1] has a root-mean-square pairwise
-    distance of 39.3 (from its per-channel standard deviations 0.247, 0.243, 0.262 on [0, 1]:
-    sqrt(2 * 1024 * 4 * sum std^2)) and a median a few percent lower; i.i.d. uniform images in
-    [-1, 1] give 45.3. So s is within about 15% of 1 on 32x32x3 images in [-1, 1], where the
-    paper tuned its radii (section 4), and elsewhere the radii keep the same proportion to the
-    distances between samples (2-D toy data: s ~ 0.05). Why xi too: it is a length in X as
-    well; on 2-D data an unscaled xi = 10 steps 4x past the data and the exactness bench's
-    estimate was off by +55% (bench/exactness.py). A batch of one sample (no pair) keeps the
-    absolute radii, one of identical samples (m = 0) s = 1; a NaN in x makes s NaN (and so
-    the penalty). With absolute radii, VALP warns once per instance when eps_max > 5 m, on
-    the first batch whose values are known (eager mode); never while tracing (jax.jit,
-    tf.function, torch.compile), which the check must not break (docs/conventions-eps-scale.md).
+    "auto": the drawn radii, and xi, times the batch's data scale s = m / 40, m the median
+    pairwise l2 distance of the batch (at most 256 samples, under stop-gradient;
+    ``algorithm.data_scale``); s is about 1 on CIFAR-10 in [-1, 1], where the paper tuned its
+    radii. With absolute radii, VALP warns once when eps_max > 5 m (eager mode only). The
+    statistic, the reference value 40 and their limits: docs/conventions-eps-scale.md.
     """
 
     K: float = 1.0

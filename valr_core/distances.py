@@ -1,8 +1,6 @@
-"""Per-sample distances d_X (inputs) and d_Y (critic outputs).
-
-Every distance maps two batches of equal shape (N, ...) to a vector (N,): reductions run over
-all non-batch axes, never over the batch. A user distance is any callable with that contract.
-"""
+"""Per-sample distances d_X (inputs) and d_Y (critic outputs): each maps two batches of equal
+shape (N, ...) to a vector (N,), reducing over the non-batch axes; a user distance is any
+callable with that contract."""
 
 from __future__ import annotations
 
@@ -10,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import einops
+
+from .registry import backend_for
 
 Tensor = Any
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -31,42 +31,31 @@ def per_sample(x: Tensor, how: str) -> Tensor:
     return einops.reduce(x, "b ... -> b", how)
 
 
-def _backend(x: Tensor) -> Any:
-    from .registry import backend_for
-
-    return backend_for(x)
-
-
 def _xp(x: Tensor) -> Any:
-    return _backend(x).namespace(x)
+    return backend_for(x).namespace(x)
 
 
-# Ties (SPEC "Ties in the power iteration", docs/conventions-ties.md). Every output distance is
-# d_Y(a, b) with a = f(x), b = f(x + r), and its derivative w.r.t. b at a tie b = a is taken in
-# the +1 direction: for |.|, sign(0) := +1, so d|b - a|/db = +1 there and the power iteration
-# still steps along grad f when f(x + xi d) - f(x) rounds to exactly 0 (common in bf16/fp16).
-# The same rule in every framework (their abs differ at 0: torch/TF 0, JAX +1).
+# Ties (docs/conventions-ties.md): d_Y(f(x), b)'s derivative w.r.t. b at a tie b = f(x) is taken
+# in the +1 direction, so the power iteration still steps along grad f when f(x + xi d) - f(x)
+# rounds to 0 (common in bf16/fp16); the same in every framework (their abs differ at 0).
 def plus_sign(xp: Any, t: Tensor) -> Tensor:
     """sign(t) with sign(0) := +1 (and -1 for NaN, whose product stays NaN); no gradient."""
     return xp.where(t >= 0, xp.ones_like(t), -xp.ones_like(t))
 
 
 def tie_abs(xp: Any, t: Tensor) -> Tensor:
-    """|t| whose derivative at t = 0 is +1 in every framework: t * sign(t), sign(0) := +1 (the
-    sign is piecewise constant, so it carries no gradient of its own)."""
+    """|t| whose derivative at t = 0 is +1 in every framework: t * plus_sign(t)."""
     return t * plus_sign(xp, t)
 
 
 def l1(a: Tensor, b: Tensor) -> Tensor:
-    xp = _xp(a)
-    return per_sample(tie_abs(xp, b - a), "sum")
+    return per_sample(tie_abs(_xp(a), b - a), "sum")
 
 
 def l2(a: Tensor, b: Tensor) -> Tensor:
-    """||b - a||_2, floored at the dtype's tiny value (sqrt's derivative at 0 is infinite). At a
-    tie (the squared norm at or below the floor) the derivative w.r.t. b is the normalised all
-    +1 direction ones / sqrt(k), k = the per-sample size: |.|'s +1 rule for k = 1."""
-    backend = _backend(a)
+    """||b - a||_2, floored at the dtype's tiny value; at a tie (squared norm <= floor) its
+    derivative w.r.t. b is ones / sqrt(k), k = the per-sample size (|.|'s +1 rule for k = 1)."""
+    backend = backend_for(a)
     xp = backend.namespace(a)
     diff = b - a
     squared = per_sample(diff * diff, "sum")
@@ -79,16 +68,13 @@ def l2(a: Tensor, b: Tensor) -> Tensor:
 
 
 def linf(a: Tensor, b: Tensor) -> Tensor:
-    """max_j |b_j - a_j|. At a tie every |.| has derivative +1 and the max shares the gradient
-    evenly among its tied entries (torch, TF and JAX alike): ones / k at b = a."""
-    xp = _xp(a)
-    return per_sample(tie_abs(xp, b - a), "max")
+    """max_j |b_j - a_j|; at a tie b = a the max shares the +1 derivatives evenly: ones / k."""
+    return per_sample(tie_abs(_xp(a), b - a), "max")
 
 
 def one(a: Tensor, b: Tensor) -> Tensor:
     """The constant distance 1 (VAT: d_X = 1 turns the quotient into the divergence itself)."""
-    xp = _xp(a)
-    return per_sample(xp.zeros_like(a), "sum") + 1.0
+    return per_sample(_xp(a).zeros_like(a), "sum") + 1.0
 
 
 def _log_softmax(xp: Any, logits: Tensor) -> Tensor:
@@ -99,8 +85,7 @@ def _log_softmax(xp: Any, logits: Tensor) -> Tensor:
 def kl(p_logits: Tensor, q_logits: Tensor) -> Tensor:
     """KL(softmax(p) || softmax(q)) over the last axis, for (N, C) logits (VAT's divergence)."""
     xp = _xp(p_logits)
-    log_p = _log_softmax(xp, p_logits)
-    log_q = _log_softmax(xp, q_logits)
+    log_p, log_q = _log_softmax(xp, p_logits), _log_softmax(xp, q_logits)
     return per_sample(xp.exp(log_p) * (log_p - log_q), "sum")
 
 

@@ -1,18 +1,6 @@
-"""The gradient-norm baselines beside VALP: GP (WGAN-GP, eq. 7) and LP (eq. 9).
-
-    gp = GP(backend="torch")                          # or LP(...), mode="al", reduction="max"
-    loss, aux = gp.loss(critic, real, fake, rng)      # add loss to the critic's objective
-    state = gp.update(state, aux.constraint)          # mode="al": after the critic's step
-
-At interpolates x_hat = alpha * real + (1 - alpha) * fake (one alpha ~ U[0, 1) per sample, real
-and fake held constant) the per-sample violation is L_i = | ||grad f(x_hat_i)||_2 - 1 | for GP
-and max(0, ||grad f(x_hat_i)||_2 - 1) for LP; ``mode``/``reduction`` turn L into the loss as for
-VALP, so LP(mode="al", reduction="max") is the max-GP with augmented Lagrangian (eqs. 10-11).
-
-The input gradient is taken of sum_i f(x_hat_i): that is the per-sample gradient only while
-samples are independent; a critic with BatchNorm (batch statistics) mixes them, which is why
-WGAN-GP critics use no batch normalisation.
-"""
+"""The gradient-norm baselines beside VALP: GP (WGAN-GP, eq. 7) and LP (eq. 9), at interpolates of
+real and fake, with VALP's modes and reductions (docs/usage.md, "GP and LP"). The gradient of
+sum_i f(x_hat_i) is per sample only for critics without BatchNorm, as WGAN-GP's are."""
 
 from __future__ import annotations
 
@@ -44,11 +32,8 @@ class GPAux(NamedTuple):
 
 
 def safe_norm(backend: Backend, g: Tensor) -> Tensor:
-    """Per-sample l2 norm over all non-batch axes; value and gradient finite (0) at g = 0.
-    Computed in the work dtype (float32 for float16/bfloat16 gradients, valr_core.precision).
-
-    The double ``where``: sqrt never sees a value at or below the floor, so no inf * 0 = NaN
-    reaches the gradient through the branch that is not taken."""
+    """Per-sample l2 norm over all non-batch axes in the work dtype; value and gradient finite (0)
+    at g = 0: with the double ``where`` no inf * 0 = NaN reaches the gradient."""
     xp = backend.namespace(g)
     g = astype(backend, g, work_dtype(backend, g))  # float32 for float16/bfloat16: no underflow
     sq = per_sample(g * g, "sum")
@@ -62,7 +47,6 @@ class _GradientNormPenalty(GradientPenaltyConfig, PenaltyBase):
     backend: str | None = None
 
     one_sided: ClassVar[bool]
-    prefix: ClassVar[str]
     pairs: ClassVar[str] = "interpolates"
 
     def __post_init__(self) -> None:
@@ -87,24 +71,13 @@ class _GradientNormPenalty(GradientPenaltyConfig, PenaltyBase):
             g = backend.input_grad(total, x_hat)
         return safe_norm(backend, g)
 
-    def loss(
-        self,
-        critic: Callable[[Tensor], Tensor],
-        real: Tensor,
-        fake: Tensor,
-        rng: Rng | None = None,
-        state: ALState | None = None,
-        *,
-        alphas: Tensor | None = None,
-        freeze: Any = None,
-    ) -> tuple[Tensor, GPAux]:
-        """The penalty term to add to the critic's loss, and diagnostics.
-
-        critic: callable (N, ...) -> (N,) or (N, 1). real, fake: batches of equal shape.
-        rng: torch.Generator / tf.random.Generator / JAX key, or fixed ``alphas`` (N,).
-        state: ALState for mode="al". freeze: the nn.Module / Keras model whose BatchNorm
-        statistics the interpolate pass must leave untouched when ``critic`` is a function.
-        """
+    def loss(self, critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, rng: Rng | None = None,
+             state: ALState | None = None, *, alphas: Tensor | None = None,
+             freeze: Any = None) -> tuple[Tensor, GPAux]:
+        """The penalty term to add to the critic's loss, and diagnostics. critic: (N, ...) -> (N,) or
+        (N, 1); real, fake: batches of equal shape; rng: torch.Generator / tf.random.Generator / JAX
+        key, or fixed ``alphas`` (N,); state: ALState for mode="al"; freeze: the nn.Module / Keras
+        model whose BatchNorm statistics the interpolate pass leaves untouched (``critic`` a function)."""
         backend, real, fake = self._check_pair(real, fake)
         if alphas is None:
             if rng is None:
@@ -118,22 +91,15 @@ class _GradientNormPenalty(GradientPenaltyConfig, PenaltyBase):
         excess = norms - 1.0
         violations = xp.clip(excess, 0.0, None) if self.one_sided else xp.abs(excess)
         value = penalty(xp, self, violations, multiplier_like(backend, state, violations))
-        L = backend.stop_gradient(violations)
-        n = backend.stop_gradient(norms)
-        p = self.prefix
-        stats = {
-            f"{p}/penalty": backend.stop_gradient(value),
-            f"{p}/mean_violation": xp.mean(L),
-            f"{p}/max_violation": xp.max(L),
-            f"{p}/violating_fraction": xp.mean(xp.where(L > 0, xp.ones_like(L), xp.zeros_like(L))),
-            f"{p}/mean_grad_norm": xp.mean(n),
-            f"{p}/max_grad_norm": xp.max(n),
-        }
+        L, n, p = backend.stop_gradient(violations), backend.stop_gradient(norms), self.prefix
+        stats = {f"{p}/penalty": backend.stop_gradient(value), f"{p}/mean_violation": xp.mean(L),
+                 f"{p}/max_violation": xp.max(L),
+                 f"{p}/violating_fraction": xp.mean(xp.where(L > 0, xp.ones_like(L), xp.zeros_like(L))),
+                 f"{p}/mean_grad_norm": xp.mean(n), f"{p}/max_grad_norm": xp.max(n)}
         if state is not None:
             stats[f"{p}/mu"] = state.mu
         return value, GPAux(n, L, reduce(xp, L, self.reduction), stats, rng)
 
-    # -- input checks ------------------------------------------------------------------------
     def _check_pair(self, real: Tensor, fake: Tensor) -> tuple[Backend, Tensor, Tensor]:
         backend = resolve_backend(self.backend, real)
         if not backend.is_tensor(fake):
@@ -168,8 +134,7 @@ def _check_scalar_output(backend: Backend, y: Tensor, x: Tensor) -> None:
 
 @dataclass(frozen=True)
 class GP(_GradientNormPenalty):
-    """WGAN-GP's two-sided gradient penalty, lam * R((||grad f(x_hat)||_2 - 1)^2) (eq. 7).
-    ``backend`` None = inferred from the input."""
+    """WGAN-GP's two-sided penalty lam * R((||grad f(x_hat)||_2 - 1)^2) (eq. 7); backend None: inferred."""
 
     one_sided: ClassVar[bool] = False
     prefix: ClassVar[str] = "gp"
@@ -177,8 +142,7 @@ class GP(_GradientNormPenalty):
 
 @dataclass(frozen=True)
 class LP(_GradientNormPenalty):
-    """The one-sided Lipschitz penalty, lam * R(max(0, ||grad f(x_hat)||_2 - 1)^2) (eq. 9).
-    ``backend`` None = inferred from the input."""
+    """The one-sided penalty lam * R(max(0, ||grad f(x_hat)||_2 - 1)^2) (eq. 9); backend None: inferred."""
 
     one_sided: ClassVar[bool] = True
     prefix: ClassVar[str] = "lp"

@@ -1,12 +1,10 @@
-"""The abstract autodiff interface VALP is written against.
-
-A backend adapter (see the top-level ``backends`` package) supplies exactly these operations
-for one framework. Everything else VALP needs is array math, done through the framework's
-array-API namespace (``Backend.namespace``) and einops, on native tensors: no wrapper types.
-"""
+"""The abstract autodiff interface VALP is written against: a backend adapter supplies these
+operations for one framework; all other math runs through the framework's array-API namespace
+(``Backend.namespace``) and einops, on native tensors."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
@@ -34,14 +32,11 @@ class Backend(Protocol):
         """The array-API namespace for ``x`` (array-api-compat's, or TF's numpy namespace)."""
 
     def grad(self, fn: Callable[[Tensor], Tensor], r: Tensor) -> Tensor:
-        """Gradient of the scalar ``fn(r)`` w.r.t. ``r`` only, first order, returned detached.
-
-        Must not accumulate into parameter gradients (no ``.backward()``)."""
+        """Detached first-order gradient of the scalar ``fn(r)`` w.r.t. ``r`` only."""
 
     def input_grad(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """Gradient of the scalar ``fn(x)`` w.r.t. ``x`` that stays differentiable w.r.t. the
-        parameters ``fn`` closes over (double backward; GP/LP). ``x`` is taken as a constant;
-        an ``x`` that ``fn`` does not use gets zeros. Parameter gradients are never written."""
+        """Gradient of the scalar ``fn(x)`` w.r.t. the constant ``x`` (zeros if unused), kept
+        differentiable w.r.t. the parameters ``fn`` closes over; never written to them (GP/LP)."""
 
     def stop_gradient(self, x: Tensor) -> Tensor: ...
 
@@ -59,14 +54,13 @@ class Backend(Protocol):
     def dtype_name(self, x: Tensor) -> str: ...
 
     def check_finite(self, x: Tensor, what: str) -> Tensor:
-        """Raise ``ValueError`` naming ``what`` if ``x`` holds NaN/Inf where the values are
-        known (eager); inside a compiled graph, check at run time or pass through. Returns x."""
+        """Raise ``ValueError`` naming ``what`` if ``x`` holds NaN/Inf where the values are known;
+        in a compiled graph, check at run time or pass through. Returns x."""
 
     def require(self, x: Tensor, condition: Tensor, message: str) -> Tensor:
         """Raise ``ValueError(message)`` if the scalar ``condition`` is false where reading it is
-        free (a Python bool, a CPU value); inside a TF graph, assert at run time; skip it where
-        reading it would cost a host sync (accelerators) or is impossible (jit). Returns x (TF:
-        with the assertion as a control dependency)."""
+        free (a Python bool, a CPU value), assert at run time in a TF graph, skip it elsewhere
+        (accelerators, jit). Returns x (TF: with the assertion as a control dependency)."""
 
     def frozen_state(self, critic: Any) -> AbstractContextManager[None]:
         """Context in which calling ``critic`` leaves its normalisation statistics unchanged."""
@@ -74,13 +68,10 @@ class Backend(Protocol):
 
 def critic_owners(critic: Any) -> list[Any]:
     """The objects a critic callable may run: itself, the owner of a bound method, a partial's
-    func and arguments, and what a plain function closes over. Adapters keep those of their
-    framework's module type (to freeze normalisation statistics during VALP's passes)."""
+    func and arguments, and what a plain function closes over."""
     candidates = [critic, getattr(critic, "__self__", None), getattr(critic, "func", None)]
     candidates += list(getattr(critic, "args", ()) or ()) + list((getattr(critic, "keywords", None) or {}).values())
     for cell in getattr(critic, "__closure__", None) or ():
-        try:
+        with contextlib.suppress(ValueError):  # an empty cell
             candidates.append(cell.cell_contents)
-        except ValueError:  # an empty cell
-            pass
     return [c for c in candidates if c is not None]

@@ -1,11 +1,7 @@
-"""Turning per-sample violations into a loss: reductions, the plain penalty, and the
-augmented-Lagrangian (AL) term with its multiplier update.
-
-AL sign convention (README "The augmented-Lagrangian convention"; paper eqs. 25-26 with
-consistent signs): the critic *minimises*
+"""Per-sample violations to a loss: reductions, the plain penalty, and the augmented-Lagrangian
+(AL) term. AL convention (paper eqs. 25-26, consistent signs): the critic *minimises*
     E f(G(z)) - E f(x) + mu * R(L) + rho/2 * R(L^2),     R = reduction over the batch,
-and after each critic step  mu <- max(0, mu + rho * R(L)).  A positive violation therefore
-always increases the critic's loss, and mu only grows while the constraint is violated.
+and after each critic step  mu <- max(0, mu + rho * R(L)).
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
-"""The precision policy (SPEC "Decisions taken since"), in one place.
-
-float16 / bfloat16 inputs and critics are supported; what those dtypes cannot hold is done in
-the *work dtype*, float32 (float64 when any operand is float64):
-- per-sample normalisation: scaled by the per-sample max-abs first, then the squares summed in
-  the work dtype, so neither underflows (|grad f| = 1e-3 in float16) nor overflows;
-- the distances d_X, d_Y, the quotients, violations, penalty, constraint and the AL multiplier;
-- floors are per dtype (``distances.square_floor_for``).
-Directions and perturbations stay in x's dtype: the pair VALP evaluates is the one the critic
-sees, and d_X is measured on it after rounding.
-"""
+"""The precision policy: with float16 / bfloat16 inputs, normalisation (after max-abs scaling),
+distances, quotients, violations, penalty and the AL multiplier are computed in the *work dtype*,
+float32 (float64 when any operand is); directions and perturbations stay in x's dtype, so d_X is
+measured on the pair the critic sees. Floors are per dtype (``distances.square_floor_for``)."""
 
 from __future__ import annotations
 
@@ -24,17 +17,14 @@ def work_dtype(backend: Backend, *tensors: Tensor) -> str:
 
 def astype(backend: Backend, x: Tensor, dtype: Any) -> Tensor:
     """``x`` in ``dtype`` (a name such as "float32", or a native dtype); differentiable; a
-    no-op when it already has it. TF's NumPy namespace has no ``astype``: ``asarray`` casts."""
+    no-op when it already has it."""
     xp = backend.namespace(x)
     target = getattr(xp, dtype) if isinstance(dtype, str) else dtype
-    if backend.dtype_name(x) == (dtype if isinstance(dtype, str) else _name(dtype)):
+    name = dtype if isinstance(dtype, str) else str(getattr(dtype, "name", dtype))
+    if backend.dtype_name(x) == name.removeprefix("torch."):
         return x
-    cast = getattr(xp, "astype", None)
+    cast = getattr(xp, "astype", None)  # TF's NumPy namespace has none: asarray casts
     return cast(x, target) if cast is not None else xp.asarray(x, dtype=target)
-
-
-def _name(dtype: Any) -> str:
-    return str(getattr(dtype, "name", dtype)).removeprefix("torch.")
 
 
 def multiplier_like(backend: Backend, state: Any, like: Tensor) -> Any:

@@ -1,8 +1,5 @@
-"""Lazy, cached backend discovery: frameworks are imported only when a backend is used.
-
-Modelled on einops' ``_backends.py``: a backend is found by name, or by asking the backends
-of frameworks that are *already imported* whether they own a given tensor.
-"""
+"""Lazy, cached backend discovery (after einops' ``_backends.py``): a backend is found by name,
+or by asking the backends of frameworks *already imported* whether they own a given tensor."""
 
 from __future__ import annotations
 
@@ -13,11 +10,8 @@ from typing import Any
 
 from .interface import Backend
 
-# The adapters live in the repository's top-level ``backends/`` and install as
-# ``valr_core.backends`` (a package-dir mapping in pyproject.toml), so a user's own top-level
-# ``backends`` package can never stand in for them.
-
-# registry name -> (adapter module, framework import name, pip extra)
+# registry name -> (adapter module, framework import name, pip extra). The adapters install as
+# ``valr_core.backends`` (pyproject.toml), so a user's own ``backends`` package cannot shadow them.
 _BACKENDS: dict[str, tuple[str, str, str]] = {
     "torch": ("valr_core.backends.torch_backend", "torch", "torch"),
     "tf": ("valr_core.backends.tf_backend", "tensorflow", "tf"),
@@ -46,18 +40,10 @@ def get_backend(name: str) -> Backend:
         raise ValueError(f"unknown backend {name!r}; expected one of {sorted(_ALIASES)}")
     module_name, framework, extra = _BACKENDS[key]
     if importlib.util.find_spec(framework) is None:
-        raise ImportError(
-            f"backend {name!r} needs the '{framework}' package, which is not installed; "
-            f"install it with: pip install 'valr[{extra}]'"
-        )
-    backend = _import_adapter(module_name).BACKEND
-    _LOADED[name] = backend
-    return backend
-
-
-def _import_adapter(module_name: str) -> Any:
+        raise ImportError(f"backend {name!r} needs the '{framework}' package, which is not "
+                          f"installed; install it with: pip install 'valr[{extra}]'")
     try:
-        return importlib.import_module(module_name)
+        backend = importlib.import_module(module_name).BACKEND
     except ModuleNotFoundError as err:
         if err.name not in (module_name, "valr_core.backends"):
             raise
@@ -66,22 +52,21 @@ def _import_adapter(module_name: str) -> Any:
             "checkout that is not installed, or from an incomplete installation; run "
             "'pip install -e .' in the checkout, or reinstall valr"
         ) from None
+    _LOADED[name] = backend
+    return backend
 
 
-def _loaded_backends() -> list[Backend]:
-    return [get_backend(key) for key, (_, fw, _) in _BACKENDS.items() if fw in sys.modules]
+def _kind(x: Any) -> str:
+    return f"{type(x).__module__}.{type(x).__qualname__}"
 
 
 def backend_for(x: Any) -> Backend:
     """The backend owning tensor ``x``; only frameworks already imported are asked."""
-    for backend in _loaded_backends():
+    for backend in [get_backend(key) for key, (_, fw, _) in _BACKENDS.items() if fw in sys.modules]:
         if backend.is_tensor(x):
             return backend
-    kind = f"{type(x).__module__}.{type(x).__qualname__}"
-    raise TypeError(
-        f"x must be a torch.Tensor, tf.Tensor or jax.Array, got {kind}; "
-        "convert it to your framework's tensor type or pass backend='torch'|'tf'|'jax'"
-    )
+    raise TypeError(f"x must be a torch.Tensor, tf.Tensor or jax.Array, got {_kind(x)}; convert it "
+                    "to your framework's tensor type or pass backend='torch'|'tf'|'jax'")
 
 
 def resolve_backend(name: str | None, x: Any) -> Backend:
@@ -90,6 +75,5 @@ def resolve_backend(name: str | None, x: Any) -> Backend:
         return backend_for(x)
     backend = get_backend(name)
     if not backend.is_tensor(x):
-        kind = f"{type(x).__module__}.{type(x).__qualname__}"
-        raise TypeError(f"x is a {kind}, but backend={name!r} expects that framework's tensors; mixed-framework inputs are not supported")
+        raise TypeError(f"x is a {_kind(x)}, but backend={name!r} expects that framework's tensors; mixed-framework inputs are not supported")
     return backend

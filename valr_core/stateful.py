@@ -1,5 +1,4 @@
-"""Convenience for eager torch/TF code: an object that holds the random state and the AL
-multiplier. It only wraps the pure ``VALP`` functions; checkpoint it via ``state_dict``."""
+"""Convenience for eager torch/TF code: the random state and AL multiplier around pure ``VALP``."""
 
 from __future__ import annotations
 
@@ -13,10 +12,9 @@ from .valp import VALP, ValpAux
 
 
 class StatefulVALP:
-    """Call it for the penalty (once or several times per critic step, e.g. on real and on fake
-    samples); call ``step()`` after the critic's optimiser step (AL mode): the multiplier moves
-    by the constraint of *every* call since the last ``step()``, combined with the penalty's
-    reduction (mean: weighted by the samples of each call; sum: summed; max: the max)."""
+    """Call it for the penalty (once or more per critic step, e.g. on real and fake samples), and
+    ``step()`` after the critic's optimiser step: in AL mode the multiplier moves by the constraint
+    of *every* call since the last ``step()``, combined with the penalty's reduction."""
 
     def __init__(self, valp: VALP, rng: Rng, state: ALState | None = None) -> None:
         self.valp = valp
@@ -34,29 +32,24 @@ class StatefulVALP:
         return loss
 
     def _accumulate(self, aux: ValpAux) -> None:
-        c = aux.constraint
-        m = aux.violations.violations.shape[0]
+        c, m = aux.constraint, aux.violations.violations.shape[0]
         if self._pending is None:
             self._pending = (c, m)
             return
         total, n = self._pending
         how = self.valp.reduction
         if how == "mean":
-            self._pending = ((total * n + c * m) / (n + m), n + m)
-        elif how == "sum":
-            self._pending = (total + c, n + m)
-        else:
-            xp = backend_for(c).namespace(c)
-            self._pending = (xp.maximum(total, c), n + m)  # on the device: no host read
+            total = (total * n + c * m) / (n + m)
+        else:  # max on the device: no host read
+            total = total + c if how == "sum" else backend_for(c).namespace(c).maximum(total, c)
+        self._pending = (total, n + m)
 
     def step(self) -> None:
         """Apply the multiplier update with the constraint of every call since the last step."""
-        if self.valp.mode != "al":
-            self._pending = None
-            return
-        if self._pending is None:
-            raise RuntimeError("StatefulVALP.step() called before the penalty was computed")
-        self.state = self.valp.update(self.state, self._pending[0])
+        if self.valp.mode == "al":
+            if self._pending is None:
+                raise RuntimeError("StatefulVALP.step() called before the penalty was computed")
+            self.state = self.valp.update(self.state, self._pending[0])
         self._pending = None
 
     @property
@@ -65,13 +58,9 @@ class StatefulVALP:
 
     def state_dict(self) -> dict[str, Any]:
         """mu, the random state and any constraint not yet applied by ``step()``: loading it
-        resumes exactly (torch: the Generator's state; TF: the Generator's state variable's
-        value; JAX: the key)."""
-        return {
-            "mu": None if self.state is None else self.state.mu,
-            "rng": _rng_state(self.rng),
-            "pending": self._pending,
-        }
+        resumes exactly."""
+        mu = None if self.state is None else self.state.mu
+        return {"mu": mu, "rng": _rng_state(self.rng), "pending": self._pending}
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
         self.state = None if d.get("mu") is None else ALState(d["mu"])
@@ -80,22 +69,24 @@ class StatefulVALP:
         self._pending = d.get("pending")
 
 
+def _rng_kind(rng: Rng) -> str:
+    """Duck-typed (valr_core imports no framework): "torch", "tf" or "key" (JAX, immutable)."""
+    if hasattr(rng, "get_state") and hasattr(rng, "set_state"):
+        return "torch"
+    return "tf" if hasattr(getattr(rng, "state", None), "assign") else "key"
+
+
 def _rng_state(rng: Rng) -> Any:
-    """A snapshot of ``rng`` (duck-typed: valr_core imports no framework)."""
-    if hasattr(rng, "get_state") and hasattr(rng, "set_state"):  # torch.Generator
+    kind = _rng_kind(rng)
+    if kind == "torch":
         return rng.get_state().clone()
-    state = getattr(rng, "state", None)
-    if state is not None and hasattr(state, "assign"):  # tf.random.Generator
-        return state.read_value()
-    return rng  # an immutable JAX key is its own state
+    return rng.state.read_value() if kind == "tf" else rng  # a JAX key is its own state
 
 
 def _set_rng_state(rng: Rng, saved: Any) -> Rng:
-    if hasattr(rng, "get_state") and hasattr(rng, "set_state"):
+    kind = _rng_kind(rng)
+    if kind == "torch":
         rng.set_state(saved)
-        return rng
-    state = getattr(rng, "state", None)
-    if state is not None and hasattr(state, "assign"):
-        state.assign(saved)
-        return rng
-    return saved
+    elif kind == "tf":
+        rng.state.assign(saved)
+    return saved if kind == "key" else rng

@@ -1,11 +1,5 @@
-"""The user-facing VALP: a validated config plus pure functions of explicit state.
-
-    valp = VALP(backend="jax", mode="al", rho=0.01)
-    state = valp.init_state(x)
-    loss, aux = valp.loss(critic, x, key, state)      # add loss to the critic's objective
-    state = valp.update(state, aux.constraint)        # after the critic's optimiser step
-    key = aux.rng                                     # JAX: the next key (torch/TF: same object)
-"""
+"""The user-facing VALP: a validated config plus pure functions of explicit state
+(``init_state``, ``loss``, ``update``); usage in docs/usage.md."""
 
 from __future__ import annotations
 
@@ -13,7 +7,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 from .algorithm import Draws, Violations, compute_violations, median_pairwise_distance, sample_draws
 from .base import PenaltyBase
@@ -52,6 +46,7 @@ class VALP(ValpConfig, PenaltyBase):
     """Virtual Adversarial Lipschitz Penalty. ``backend`` None = inferred from the input."""
 
     backend: str | None = None
+    prefix: ClassVar[str] = "valp"
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -426,8 +426,9 @@ def readme_section(summary: dict[str, Any], plan: Plan, results: str, spread: fl
         for fw, cells in plan.cells.items())
     return "\n".join([
         README_BEGIN, "",
-        f"The digits main job's setting ({plan.iterations} iterations, {len(plan.seeds)} paired seeds a cell: same "
-        "initial weights, data order and latents). FD-digits of the final EMA samples, mean [95% bootstrap CI]: "
+        f"The `digits` preset with only the regulariser changed, {plan.iterations} iterations, {len(plan.seeds)} "
+        "paired seeds a cell (same initial weights, data order and latents). FD-digits of the final EMA samples, "
+        "mean [95% bootstrap CI]: "
         f"{means}. Per seed, VALP minus each baseline (negative: VALP better), at equal iterations and at "
         "equal training time (curves interpolated; the cheaper methods get more iterations there):", "",
         *_table(["framework", "VALP against", "at", "VALP lower on", "FD-digits difference [95% CI]",

@@ -1,17 +1,9 @@
-"""Datasets as uint8 NHWC NumPy arrays and an infinite, exactly resumable batch iterator.
-
-Sources: CIFAR-10 (``cifar10``: checksummed, decoded with a restricted unpickler), a folder of
-images and scikit-learn's bundled ``digits`` (``images``: the latter ships with a package, so it
-is the default for smoke runs); ``batches`` iterates. All randomness comes from an explicit
-``np.random.Generator``.
+"""Datasets as uint8 NHWC arrays: CIFAR-10 (``cifar10``, decoded with a restricted unpickler), a
+folder of images and scikit-learn's bundled ``digits`` (``images``); ``batches`` iterates them,
+exactly resumably, with all randomness from an explicit ``np.random.Generator``.
 """
 
-from train.data.batches import (
-    BatchIterator,
-    data_fingerprint,
-    rng_from_state_json,
-    rng_state_json,
-)
+from train.data.batches import BatchIterator, data_fingerprint, rng_from_state_json, rng_state_json
 from train.data.cifar10 import (
     CIFAR10_ARCHIVE,
     CIFAR10_CHECKSUMS,
@@ -28,11 +20,7 @@ from train.data.cifar10 import (
     md5_bytes,
     md5_file,
 )
-from train.data.errors import (
-    ChecksumError,
-    DataError,
-    DataNotFoundError,
-)
+from train.data.errors import ChecksumError, DataError, DataNotFoundError
 from train.data.images import (
     DATASETS,
     IMAGE_EXTENSIONS,
@@ -44,32 +32,10 @@ from train.data.images import (
 )
 
 __all__ = [
-    "BatchIterator",
-    "CIFAR10_ARCHIVE",
-    "CIFAR10_CHECKSUMS",
-    "CIFAR10_ENV",
-    "CIFAR10_FOLDER",
-    "CIFAR10_TEST_FILES",
-    "CIFAR10_TRAIN_FILES",
-    "CIFAR10_URL",
-    "ChecksumError",
-    "Cifar10Checksums",
-    "DATASETS",
-    "DataError",
-    "DataNotFoundError",
-    "IMAGE_EXTENSIONS",
-    "data_fingerprint",
-    "decode_cifar_batch",
-    "default_cache_dir",
-    "find_cifar10",
-    "load_cifar10",
-    "load_dataset",
-    "load_digits",
-    "load_image_folder",
-    "md5_bytes",
-    "md5_file",
-    "rng_from_state_json",
-    "rng_state_json",
-    "to_model_range",
-    "to_uint8",
+    "BatchIterator", "CIFAR10_ARCHIVE", "CIFAR10_CHECKSUMS", "CIFAR10_ENV", "CIFAR10_FOLDER",
+    "CIFAR10_TEST_FILES", "CIFAR10_TRAIN_FILES", "CIFAR10_URL", "ChecksumError", "Cifar10Checksums",
+    "DATASETS", "DataError", "DataNotFoundError", "IMAGE_EXTENSIONS", "data_fingerprint",
+    "decode_cifar_batch", "default_cache_dir", "find_cifar10", "load_cifar10", "load_dataset",
+    "load_digits", "load_image_folder", "md5_bytes", "md5_file", "rng_from_state_json",
+    "rng_state_json", "to_model_range", "to_uint8",
 ]

@@ -55,22 +55,12 @@ def data_fingerprint(images: np.ndarray) -> str:
 
 
 class BatchIterator:
-    """Infinite iterator of preprocessed float32 batches over uint8 NHWC ``data``.
-
-    Each epoch is a fresh permutation; the incomplete tail of an epoch is dropped so every
-    batch has ``batch_size`` examples. One Generator drives permutations, flips and noise, and
-    its state plus (permutation, position, epoch) is the complete iterator state.
-    """
+    """Infinite iterator of preprocessed float32 batches over uint8 NHWC ``data``: a permutation
+    per epoch (incomplete tail dropped); one Generator drives permutations, flips and noise."""
 
     def __init__(
-        self,
-        data: np.ndarray,
-        batch_size: int,
-        *,
-        seed: int | np.random.SeedSequence | None = None,
-        rng: np.random.Generator | None = None,
-        flip: bool = True,
-        dequantize: bool = True,
+        self, data: np.ndarray, batch_size: int, *, seed: int | np.random.SeedSequence | None = None,
+        rng: np.random.Generator | None = None, flip: bool = True, dequantize: bool = True,
     ) -> None:
         if data.dtype != np.uint8 or data.ndim != 4:
             raise ValueError(f"data must be uint8 NHWC, got {data.dtype} with shape {data.shape}")
@@ -114,36 +104,20 @@ class BatchIterator:
         idx = self.next_indices()
         return to_model_range(self.data[idx], self.rng, flip=self.flip, dequantize=self.dequantize)
 
-    # -- state ------------------------------------------------------------------------------
-
     def export_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """(arrays, JSON metadata) that :meth:`import_state` turns back into this exact state."""
-        arrays = {"perm": self.perm.astype(np.int64)}
-        meta = {
-            "epoch": self.epoch,
-            "position": self.position,
-            "batch_size": self.batch_size,
-            "num_examples": self.num_examples,
-            "flip": self.flip,
-            "dequantize": self.dequantize,
-            "data_fingerprint": self.fingerprint,
-            "rng": rng_state_json(self.rng),
-        }
-        return arrays, meta
+        meta = {"epoch": self.epoch, "position": self.position, "batch_size": self.batch_size,
+                "num_examples": self.num_examples, "flip": self.flip, "dequantize": self.dequantize,
+                "data_fingerprint": self.fingerprint, "rng": rng_state_json(self.rng)}
+        return {"perm": self.perm.astype(np.int64)}, meta
 
     def import_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        for name, mine in (
-            ("num_examples", self.num_examples),
-            ("batch_size", self.batch_size),
-            ("flip", self.flip),
-            ("dequantize", self.dequantize),
-            ("data_fingerprint", self.fingerprint),
-        ):
+        for name, mine in (("num_examples", self.num_examples), ("batch_size", self.batch_size),
+                           ("flip", self.flip), ("dequantize", self.dequantize),
+                           ("data_fingerprint", self.fingerprint)):
             if meta.get(name) != mine:
-                raise ValueError(
-                    f"data iterator state field {name!r} is {meta.get(name)!r} in the checkpoint "
-                    f"but {mine!r} in this run; resuming would not reproduce the same batches"
-                )
+                raise ValueError(f"data iterator state field {name!r} is {meta.get(name)!r} in the checkpoint "
+                                 f"but {mine!r} in this run; resuming would not reproduce the same batches")
         perm = np.asarray(arrays["perm"])
         if perm.shape != (self.num_examples,) or not np.array_equal(np.sort(perm), np.arange(self.num_examples)):
             raise ValueError(f"data iterator 'perm' is not a permutation of {self.num_examples} indices")

@@ -3,6 +3,7 @@ restricted unpickler that only rebuilds the arrays and lists a batch file holds.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -24,20 +25,18 @@ import numpy as np
 from train.data.errors import ChecksumError, DataError, DataNotFoundError
 from train.runs.checkpoint import atomic_open
 
-# ----------------------------------------------------------------------------- CIFAR-10
-
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_ENV = "VALR_CIFAR10"
 CIFAR10_TRAIN_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")
 CIFAR10_TEST_FILES = ("test_batch",)
+_SPLITS = {"train": CIFAR10_TRAIN_FILES, "test": CIFAR10_TEST_FILES, "all": CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES}
 
 
 @dataclass(frozen=True)
 class Cifar10Checksums:
-    """MD5 of the archive and of each extracted batch file (a parameter so tests can use
-    a small generated archive in the identical format)."""
+    """MD5 of the archive and of each batch file (a parameter, so tests can use a small archive)."""
 
     archive: str
     files: Mapping[str, str] = field(default_factory=dict)
@@ -77,11 +76,9 @@ def md5_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 def _check_md5(what: str, actual: str, expected: str | None) -> None:
     if expected is not None and actual != expected:
-        raise ChecksumError(
-            f"checksum mismatch for {what}: expected MD5 {expected}, got {actual}. "
-            "The file is corrupt, truncated or not the official CIFAR-10 python version; "
-            "delete it and download it again."
-        )
+        raise ChecksumError(f"checksum mismatch for {what}: expected MD5 {expected}, got {actual}. The file is "
+                            "corrupt, truncated or not the official CIFAR-10 python version; delete it and "
+                            "download it again.")
 
 
 def _numpy_internal(name: str, module: str) -> Any:
@@ -157,16 +154,6 @@ def decode_cifar_batch(data: bytes, source: str) -> tuple[np.ndarray, np.ndarray
     return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
 
 
-def _cifar_files(split: str) -> tuple[str, ...]:
-    if split == "train":
-        return CIFAR10_TRAIN_FILES
-    if split == "test":
-        return CIFAR10_TEST_FILES
-    if split == "all":
-        return CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES
-    raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
-
-
 def find_cifar10(path: str | os.PathLike[str]) -> tuple[str, Path] | None:
     """Locate ('folder', dir) or ('archive', file) at/under ``path``; None when absent."""
     p = Path(path).expanduser()
@@ -184,9 +171,8 @@ def find_cifar10(path: str | os.PathLike[str]) -> tuple[str, Path] | None:
 
 _TAR_KINDS = {tarfile.SYMTYPE: "symbolic link", tarfile.LNKTYPE: "hard link", tarfile.DIRTYPE: "directory"}
 
-# An official batch file is 10000 images x 3072 bytes plus labels and names (31 MB): twice that
-# bounds what one file may hold, so a decompression bomb is refused by its declared size
-# instead of being read into memory. The official archive holds 8 members (178 MB unpacked).
+# An official batch file is 31 MB (10000 images x 3072 bytes, labels, names): twice that bounds one
+# file, so a decompression bomb is refused by its declared size. The archive holds 8 members.
 MAX_BATCH_BYTES = 64 << 20
 _ARCHIVE_MEMBERS = 8
 
@@ -240,12 +226,6 @@ class _CappedGzip:
     def close(self) -> None:
         self._gz.close()
 
-    def __enter__(self) -> _CappedGzip:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _read_archive_members(archive: Path, names: tuple[str, ...], max_member_bytes: int) -> dict[str, bytes]:
     """The members ``names`` of a CIFAR-10 .tar.gz, decompressed as a stream with a cap: a
@@ -254,7 +234,7 @@ def _read_archive_members(archive: Path, names: tuple[str, ...], max_member_byte
     stream = _CappedGzip(archive, _ARCHIVE_MEMBERS * max_member_bytes, max_member_bytes + tarfile.BLOCKSIZE)
     out: dict[str, bytes] = {}
     try:
-        with stream, tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[arg-type]
+        with contextlib.closing(stream), tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[arg-type]
             for member in tar:  # one header at a time (getmember would first read them all)
                 if member.size > max_member_bytes:
                     raise _too_big(f"archive {archive} member {member.name!r}", member.size, max_member_bytes)
@@ -318,26 +298,20 @@ def _missing_message(searched: Path, checksums: Cifar10Checksums, why: str) -> s
 
 
 def load_cifar10(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    split: str = "train",
-    checksums: Cifar10Checksums | None = CIFAR10_CHECKSUMS,
-    download: bool = True,
-    connect_timeout: float = 3.0,
-    return_labels: bool = False,
-    max_member_bytes: int = MAX_BATCH_BYTES,
+    path: str | os.PathLike[str] | None = None, *, split: str = "train",
+    checksums: Cifar10Checksums | None = CIFAR10_CHECKSUMS, download: bool = True, connect_timeout: float = 3.0,
+    return_labels: bool = False, max_member_bytes: int = MAX_BATCH_BYTES,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Load CIFAR-10 as uint8 (N, 32, 32, 3).
 
-    ``path`` (else env ``VALR_CIFAR10``, else ``~/.cache/valr``) may be the archive, the
-    extracted ``cifar-10-batches-py`` folder, or a directory holding either. Checksums are
-    verified before anything is decoded (``checksums=None`` skips that, for custom data).
-    When nothing is found and ``download`` is set, the official archive is downloaded into
-    that directory only if a short connection check succeeds. A batch file larger than
-    ``max_member_bytes`` (declared in the archive, or on disk) is refused before it is read,
-    and so is an archive decompressing to more than 8 times that.
+    ``path`` (else env ``VALR_CIFAR10``, else ``~/.cache/valr``) is the archive, the extracted
+    folder or a directory holding either; when absent it is downloaded (``download``) only if a
+    short connection check succeeds. Checksums (None: skipped) are verified before decoding; a
+    batch over ``max_member_bytes``, or an archive inflating to 8 times that, is refused.
     """
-    names = _cifar_files(split)
+    names = _SPLITS.get(split)
+    if names is None:
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
     root = Path(path if path is not None else os.environ.get(CIFAR10_ENV) or default_cache_dir()).expanduser()
     found = find_cifar10(root)
     sums = checksums or Cifar10Checksums(archive="")
@@ -346,8 +320,7 @@ def load_cifar10(
         if download:
             target_dir = root.parent if root.suffix == ".gz" else root
             if _can_connect("www.cs.toronto.edu", 443, connect_timeout):
-                archive = _download(CIFAR10_URL, target_dir / CIFAR10_ARCHIVE, sums.archive or None, 120.0)
-                found = ("archive", archive)
+                found = ("archive", _download(CIFAR10_URL, target_dir / CIFAR10_ARCHIVE, sums.archive or None, 120.0))
             else:
                 why = " (no connection to www.cs.toronto.edu, so it was not downloaded)"
         if found is None:
@@ -372,8 +345,5 @@ def load_cifar10(
         for n in names:
             _check_md5(sources[n], md5_bytes(raw[n]), checksums.files.get(n))
     parts = [decode_cifar_batch(raw[n], sources[n]) for n in names]
-    images = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
+    images, labels = (np.concatenate(column) for column in zip(*parts, strict=True))
     return (images, labels) if return_labels else images
-
-

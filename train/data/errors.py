@@ -13,5 +13,3 @@ class DataNotFoundError(DataError, FileNotFoundError):
 
 class ChecksumError(DataError):
     """A file's checksum differs from the expected one."""
-
-

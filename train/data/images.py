@@ -12,17 +12,13 @@ import numpy as np
 from train.data.cifar10 import load_cifar10
 from train.data.errors import DataError, DataNotFoundError
 
-# ----------------------------------------------------------------------------- other sources
-
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def _sixteen_bit(im: Any, source: Path) -> bool:
-    """Whether an integer-mode image holds 16-bit samples (False: not an integer mode).
-
-    Pillow opens 16-bit grayscale as ``I;16*``, or as ``I`` whose raw mode says 16 bits; PPM
-    samples wider than 8 bits are scaled to 0..65535. Other ``I`` images (32-bit TIFF) and
-    float ``F`` images have no fixed range, so they are refused rather than guessed."""
+    """Whether an integer-mode image holds 16-bit samples: ``I;16*``, or ``I`` from a 16-bit raw
+    mode or a PPM (scaled to 0..65535). Other ``I`` (32-bit) and float ``F`` images have no fixed
+    range, so they are refused rather than guessed."""
     if im.mode.startswith("I;16"):
         return True
     if im.mode not in ("I", "F"):
@@ -36,9 +32,8 @@ def _sixteen_bit(im: Any, source: Path) -> bool:
 
 
 def _to_rgb8(im: Any, sixteen_bit: bool) -> Any:
-    """Any Pillow mode -> 8-bit RGB. 16-bit samples keep their high byte (``v >> 8``), as
-    Pillow's own decoder does for 16-bit RGB/RGBA/LA PNGs; alpha is dropped (the colour as
-    stored is kept, like torchvision's loader); palettes are resolved; 1-bit is 0/255."""
+    """Any Pillow mode -> 8-bit RGB: 16-bit samples keep their high byte, as Pillow does for 16-bit
+    RGB PNGs; alpha is dropped (like torchvision's loader); palettes resolved; 1-bit is 0/255."""
     from PIL import Image
 
     if sixteen_bit:
@@ -54,12 +49,9 @@ _DECODE_ERRORS = (Exception,)
 
 
 def load_image_folder(path: str | os.PathLike[str], *, size: int = 32, max_images: int | None = None) -> np.ndarray:
-    """All images under ``path`` (recursive, sorted), center-cropped to square and resized
-    to ``size`` x ``size`` RGB, as uint8 (N, size, size, 3).
-
-    Every Pillow mode is scaled by its bit depth (see :func:`_to_rgb8`): 1-bit 0/1 -> 0/255,
-    2- and 4-bit grayscale as Pillow scales them, 16-bit ``v -> v >> 8``; alpha is dropped.
-    A file that cannot be read raises :class:`DataError` naming it."""
+    """All images under ``path`` (recursive, sorted), center-cropped and resized to uint8
+    (N, size, size, 3), each mode scaled by its bit depth (:func:`_to_rgb8`). A file that cannot
+    be read raises :class:`DataError` naming it."""
     from PIL import Image, ImageOps
 
     root = Path(path).expanduser()
@@ -103,8 +95,7 @@ def load_digits(size: int = 32) -> np.ndarray:
     small_u8 = np.clip(np.rint(small * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     out = np.empty((small_u8.shape[0], size, size, 3), dtype=np.uint8)
     for i, img in enumerate(small_u8):
-        big = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
-        out[i] = big[:, :, None]
+        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))[:, :, None]
     return out
 
 
@@ -126,9 +117,6 @@ def load_dataset(name: str, path: str | os.PathLike[str] | None = None, *, downl
     raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
 
 
-# ----------------------------------------------------------------------------- preprocessing
-
-
 def to_model_range(
     images: np.ndarray, rng: np.random.Generator | None, *, flip: bool = True, dequantize: bool = True
 ) -> np.ndarray:
@@ -141,11 +129,9 @@ def to_model_range(
         raise ValueError("flip/dequantize need an explicit np.random.Generator")
     x = images.astype(np.float32)
     if flip:
-        assert rng is not None
         mask = rng.random(x.shape[0]) < 0.5
         x[mask] = x[mask, :, ::-1, :]
     if dequantize:
-        assert rng is not None
         # (u + U[0,1)) / 256 is the standard continuous relaxation of 8-bit data.
         x += rng.random(x.shape, dtype=np.float32)
         x *= np.float32(2.0 / 256.0)
@@ -159,5 +145,3 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     """Model-range float images in [-1, 1] -> uint8 (rounded, clipped)."""
     x = (np.asarray(images, dtype=np.float32) + 1.0) * 127.5
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-

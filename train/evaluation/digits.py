@@ -1,19 +1,6 @@
-"""An offline quality metric for generators trained on the bundled digits (``--data digits``).
-
-A small classifier (an MLP on the 8x8 block means of the 32x32 images, scikit-learn's lbfgs,
-fixed seed) is trained on a fixed stratified 75% of scikit-learn's digits in a few seconds and
-cached as an .npz of NumPy weights (``$XDG_CACHE_HOME/valr``, default ``~/.cache/valr``); inference is plain
-NumPy, so no framework is needed. On its hidden features:
-
-* ``FD_digits``: the Frechet distance (FID's formula) between generated and all 1797 real digits;
-* ``KID_digits``: the kernel distance (KID's unbiased MMD^2, cubic kernel) on the same features;
-* ``classes``: how many of the 10 classes the generator produces (a class counts when at least
-  ``COVERAGE_MIN`` of the samples are classified as it), and ``confidence``: the classifier's mean
-  top probability on the samples (the standard mode-coverage measure of GANs trained on MNIST).
-
-``python -m train.evaluation.digits`` trains (or loads) the classifier and prints its held-out
-accuracy.
-"""
+"""Offline quality for ``--data digits``: a small deterministic NumPy MLP classifier on the bundled
+digits gives FD-digits and KID-digits (FID's and KID's formulas on its features), the classes
+produced and its mean top probability. ``python -m train.evaluation.digits`` prints its accuracy."""
 
 from __future__ import annotations
 
@@ -25,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from train.data import default_cache_dir, load_digits
 from train.evaluation.inception import (
     feature_statistics,
     frechet_distance,
     kernel_inception_distance,
 )
+from train.runs.checkpoint import atomic_open
 
 log = logging.getLogger("valr.train")
 
@@ -91,8 +80,6 @@ def labelled_digits() -> tuple[np.ndarray, np.ndarray]:
     """The training data's 32x32x3 uint8 images (``train.data.load_digits``) and their labels."""
     from sklearn.datasets import load_digits as sk_digits
 
-    from train.data import load_digits
-
     return load_digits(), sk_digits().target.astype(np.int64)
 
 
@@ -123,22 +110,20 @@ def train_classifier() -> DigitsClassifier:
 def _cache_path() -> Path:
     import sklearn
 
-    from train.data import default_cache_dir
-
     return default_cache_dir() / f"digits-classifier-v{_VERSION}-sklearn{sklearn.__version__}.npz"
 
 
 _LOADED: DigitsClassifier | None = None
 
 
-def load_classifier(cache: bool = True) -> DigitsClassifier:
+def load_classifier() -> DigitsClassifier:
     """The cached classifier (trained and cached on first use; a corrupt cache is retrained)."""
     global _LOADED
-    if _LOADED is not None and cache:
+    if _LOADED is not None:
         return _LOADED
     path = _cache_path()
     clf = None
-    if cache and path.is_file():
+    if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 clf = DigitsClassifier(z["w1"], z["b1"], z["w2"], z["b2"], float(z["accuracy"]))
@@ -149,15 +134,10 @@ def load_classifier(cache: bool = True) -> DigitsClassifier:
             clf = None
     if clf is None:
         clf = train_classifier()
-        if cache:
-            from train.runs.checkpoint import atomic_open
-
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_open(path, "wb") as f:
-                np.savez(f, w1=clf.w1, b1=clf.b1, w2=clf.w2, b2=clf.b2, accuracy=np.float64(clf.accuracy),
-                         sha256=np.array(clf.checksum()))
-    if cache:
-        _LOADED = clf
+        with atomic_open(path, "wb") as f:
+            np.savez(f, w1=clf.w1, b1=clf.b1, w2=clf.w2, b2=clf.b2, accuracy=np.float64(clf.accuracy),
+                     sha256=np.array(clf.checksum()))
+    _LOADED = clf
     return clf
 
 
@@ -178,11 +158,9 @@ class DigitsEvaluator:
     """The loop's evaluator on digits: ``evaluate(uint8 images) -> {FD_digits, KID_digits,
     classes, confidence}`` against all 1797 real digits."""
 
-    def __init__(self, classifier: DigitsClassifier | None = None, reference: np.ndarray | None = None,
-                 *, seed: int = 0) -> None:
+    def __init__(self, classifier: DigitsClassifier | None = None, *, seed: int = 0) -> None:
         self.classifier = classifier or load_classifier()
-        ref = reference if reference is not None else labelled_digits()[0]
-        self.ref_features = self.classifier.features(ref)
+        self.ref_features = self.classifier.features(labelled_digits()[0])
         self.ref_stats = feature_statistics(self.ref_features)
         self.seed = seed
 

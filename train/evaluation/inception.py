@@ -1,9 +1,6 @@
-"""IS, FID and KID from Inception features/logits (NumPy/SciPy), and an optional InceptionV3
-feature extractor (torch-fidelity) that is used only when it imports and its weights are on disk.
-
-The math functions take plain arrays, so they are testable without any network or weights.
-``inception_available()`` tells a trainer whether the extractor can run and, if not, why; the
-trainers warn once and skip metrics instead of crashing.
+"""IS, FID and KID from Inception features/logits (NumPy/SciPy, testable without weights), and
+torch-fidelity's InceptionV3 extractor, used only when it imports and its weights are on disk:
+``inception_available()`` says whether it can run and, if not, why.
 """
 
 from __future__ import annotations
@@ -18,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-# ----------------------------------------------------------------------------- FID
+from train.runs.checkpoint import atomic_open
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,12 +29,9 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
 ) -> float:
-    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between two Gaussians.
-
-    Standard handling (as in the reference FID code): if the product is singular and sqrtm
-    returns non-finite values, retry with ``eps`` added to both diagonals; tiny imaginary parts
-    from rounding are dropped, large ones are an error.
-    """
+    """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^{1/2}) between two Gaussians. As in the reference
+    FID code, a singular product is retried with ``eps`` added to both diagonals, and tiny
+    imaginary parts from rounding are dropped (large ones are an error)."""
     from scipy import linalg
 
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -64,23 +58,17 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
     return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
-# ----------------------------------------------------------------------------- KID
+def polynomial_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """KID's cubic kernel k(x, y) = (<x, y> / D + 1)^3."""
+    return ((1.0 / x.shape[1]) * (x @ y.T) + 1.0) ** 3
 
 
-def polynomial_kernel(
-    x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
-) -> np.ndarray:
-    """k(x, y) = (gamma <x, y> + coef0)^degree, gamma defaulting to 1 / D."""
-    g = 1.0 / x.shape[1] if gamma is None else gamma
-    return (g * (x @ y.T) + coef0) ** degree
-
-
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray, **kernel: Any) -> float:
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     """Unbiased MMD^2 estimate with the polynomial kernel (diagonal terms excluded)."""
     m, n = x.shape[0], y.shape[0]
     if m < 2 or n < 2:
         raise ValueError(f"need at least 2 samples per set, got {m} and {n}")
-    kxx, kyy, kxy = polynomial_kernel(x, x, **kernel), polynomial_kernel(y, y, **kernel), polynomial_kernel(x, y, **kernel)
+    kxx, kyy, kxy = polynomial_kernel(x, x), polynomial_kernel(y, y), polynomial_kernel(x, y)
     sxx = (kxx.sum() - np.trace(kxx)) / (m * (m - 1))
     syy = (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
     return float(sxx + syy - 2.0 * kxy.mean())
@@ -91,37 +79,20 @@ TORCH_FIDELITY_SEED = 2020
 
 
 def kernel_inception_distance(
-    features1: np.ndarray,
-    features2: np.ndarray,
-    *,
-    num_subsets: int = 100,
-    subset_size: int = 1000,
+    features1: np.ndarray, features2: np.ndarray, *, num_subsets: int = 100, subset_size: int = 1000,
     rng: np.random.Generator | np.random.RandomState | None = None,
-    degree: int = 3,
-    gamma: float | None = None,
-    coef0: float = 1.0,
 ) -> tuple[float, float]:
-    """KID (Binkowski et al.): mean and std of the unbiased MMD^2 over random subsets drawn
-    without replacement (subset size capped at the smaller set; torch-fidelity refuses instead).
-    Per subset, the indices of ``features1`` then ``features2`` come from ``rng.choice(n, m,
-    replace=False)``: with ``rng=np.random.RandomState(2020)`` the subsets are torch-fidelity's."""
+    """KID (Binkowski et al.): mean and std of the unbiased MMD^2 over random subsets, capped at
+    the smaller set (torch-fidelity refuses instead). Indices of ``features1`` then ``features2``
+    come from ``rng.choice(n, m, replace=False)``: RandomState(2020) gives torch-fidelity's."""
     f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
         raise ValueError(f"need (N, D) features with equal D, got {f1.shape} and {f2.shape}")
     rng = rng if rng is not None else np.random.default_rng(0)
     m = min(subset_size, f1.shape[0], f2.shape[0])
-    vals = np.array([
-        mmd2_unbiased(
-            f1[rng.choice(f1.shape[0], m, replace=False)],
-            f2[rng.choice(f2.shape[0], m, replace=False)],
-            degree=degree, gamma=gamma, coef0=coef0,
-        )
-        for _ in range(num_subsets)
-    ])
+    vals = np.array([mmd2_unbiased(f1[rng.choice(f1.shape[0], m, replace=False)],
+                                   f2[rng.choice(f2.shape[0], m, replace=False)]) for _ in range(num_subsets)])
     return float(vals.mean()), float(vals.std())
-
-
-# ----------------------------------------------------------------------------- IS
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -131,12 +102,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def inception_score(logits: np.ndarray, splits: int = 10, *, shuffle: bool = True,
                     seed: int = TORCH_FIDELITY_SEED) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) || p(y))) per split; returns (mean, std) over ``splits``.
-
-    ``logits`` are pre-softmax class scores, (N, C). torch-fidelity's convention: the samples
-    are first shuffled with ``np.random.RandomState(seed).permutation`` (seed 2020), then split
-    into chunks ``[i*N//splits, (i+1)*N//splits)``, in float64.
-    """
+    """IS = exp(E_x KL(p(y|x) || p(y))) of (N, C) logits: (mean, std) over ``splits`` chunks
+    ``[i*N//splits, (i+1)*N//splits)`` after torch-fidelity's shuffle by
+    ``RandomState(seed).permutation``, in float64."""
     lg = np.asarray(logits, np.float64)
     if lg.ndim != 2 or lg.shape[0] < splits or splits < 1:
         raise ValueError(f"need (N, C) logits with N >= splits >= 1, got shape {lg.shape} and splits={splits}")
@@ -153,8 +121,6 @@ def inception_score(logits: np.ndarray, splits: int = 10, *, shuffle: bool = Tru
         scores.append(np.exp(kl))
     return float(np.mean(scores)), float(np.std(scores))
 
-
-# ----------------------------------------------------------------------------- Inception
 
 INCEPTION_ENV = "VALR_INCEPTION_WEIGHTS"
 INCEPTION_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
@@ -176,16 +142,6 @@ class Availability:
         return iter((self.ok, self.reason))
 
 
-def _torch_hub_checkpoint_dirs() -> list[Path]:
-    # Where torch.hub.load_state_dict_from_url caches files, computed without importing torch.
-    dirs = []
-    if os.environ.get("TORCH_HOME"):
-        dirs.append(Path(os.environ["TORCH_HOME"]) / "hub" / "checkpoints")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    dirs.append(Path(xdg) / "torch" / "hub" / "checkpoints")
-    return dirs
-
-
 def find_inception_weights(path: str | os.PathLike[str] | None = None) -> tuple[Path | None, list[Path]]:
     """(weights file or None, places looked at): ``path`` > env var > torch hub cache."""
     explicit = path if path is not None else os.environ.get(INCEPTION_ENV)
@@ -193,7 +149,10 @@ def find_inception_weights(path: str | os.PathLike[str] | None = None) -> tuple[
         p = Path(explicit).expanduser()
         p = p / INCEPTION_WEIGHTS_NAME if p.is_dir() else p
         return (p if p.is_file() else None), [p]
-    looked = [d / INCEPTION_WEIGHTS_NAME for d in _torch_hub_checkpoint_dirs()]
+    # Where torch.hub.load_state_dict_from_url caches files, computed without importing torch.
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    hubs = [Path(os.environ["TORCH_HOME"]) / "hub"] if os.environ.get("TORCH_HOME") else []
+    looked = [d / "checkpoints" / INCEPTION_WEIGHTS_NAME for d in (*hubs, Path(xdg) / "torch" / "hub")]
     return next((p for p in looked if p.is_file()), None), looked
 
 
@@ -203,11 +162,9 @@ def inception_available(weights_path: str | os.PathLike[str] | None = None) -> A
         return Availability(False, "torch-fidelity is not installed (pip install torch-fidelity)")
     weights, looked = find_inception_weights(weights_path)
     if weights is None:
-        return Availability(
-            False,
-            f"InceptionV3 weights not found (looked at {', '.join(map(str, looked))}); download "
-            f"{INCEPTION_WEIGHTS_URL} and pass --inception-weights PATH or set {INCEPTION_ENV}=PATH",
-        )
+        return Availability(False, f"InceptionV3 weights not found (looked at {', '.join(map(str, looked))}); "
+                            f"download {INCEPTION_WEIGHTS_URL} and pass --inception-weights PATH or set "
+                            f"{INCEPTION_ENV}=PATH")
     try:
         importlib.import_module("torch_fidelity.feature_extractor_inceptionv3")
     except Exception as e:  # noqa: BLE001 - any import failure (e.g. a broken torchvision) means "unavailable"
@@ -219,9 +176,8 @@ FeatureFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 class InceptionFeatureExtractor:
-    """torch-fidelity's InceptionV3: uint8 NHWC images -> (2048-d pool features, 1008 logits).
-
-    Logits are torch-fidelity's 'logits_unbiased' (its default for IS)."""
+    """torch-fidelity's InceptionV3: uint8 NHWC images -> (2048-d pool features, 1008 logits, its
+    'logits_unbiased' as for IS)."""
 
     def __init__(self, weights_path: str | os.PathLike[str] | None = None, *, device: str = "cpu") -> None:
         status = inception_available(weights_path)
@@ -257,25 +213,13 @@ def extract_features(feature_fn: FeatureFn, images: np.ndarray, batch_size: int 
 
 
 class Evaluator:
-    """IS / FID / KID of generated images against reference (training) images.
-
-    Reference statistics are computed once and optionally cached in an .npz, keyed by a
-    fingerprint of the reference data and the extractor name.
-    """
+    """IS / FID / KID of generated images against reference images, whose statistics are computed
+    once and optionally cached in an .npz keyed by ``reference_key`` (data and extractor)."""
 
     def __init__(
-        self,
-        feature_fn: FeatureFn,
-        reference_images: np.ndarray,
-        *,
-        cache_path: str | os.PathLike[str] | None = None,
-        reference_key: str = "",
-        max_reference: int | None = None,
-        kid_subsets: int = 100,
-        kid_subset_size: int = 1000,
-        is_splits: int = 10,
-        batch_size: int = 250,
-        seed: int = 0,
+        self, feature_fn: FeatureFn, reference_images: np.ndarray, *,
+        cache_path: str | os.PathLike[str] | None = None, reference_key: str = "", max_reference: int | None = None,
+        kid_subsets: int = 100, kid_subset_size: int = 1000, is_splits: int = 10, batch_size: int = 250, seed: int = 0,
     ) -> None:
         self.feature_fn = feature_fn
         self.reference_images = reference_images
@@ -305,8 +249,6 @@ class Evaluator:
         keep = np.random.default_rng(self.seed).permutation(pool.shape[0])[:10000]
         self._ref = {"mu": mu, "sigma": sigma, "kid_features": pool[np.sort(keep)]}
         if self.cache_path is not None:
-            from train.runs.checkpoint import atomic_open
-
             with atomic_open(self.cache_path, "wb") as f:
                 np.savez(f, key=np.array(self.reference_key), **self._ref)
         return self._ref
@@ -322,10 +264,5 @@ class Evaluator:
             pool, ref["kid_features"], num_subsets=self.kid_subsets, subset_size=self.kid_subset_size,
             rng=np.random.RandomState(TORCH_FIDELITY_SEED),
         )
-        return {
-            "IS": is_mean,
-            "IS_std": is_std,
-            "FID": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
-            "KID": kid,
-            "KID_std": kid_std,
-        }
+        return {"IS": is_mean, "IS_std": is_std, "FID": frechet_distance(mu, sigma, ref["mu"], ref["sigma"]),
+                "KID": kid, "KID_std": kid_std}

@@ -1,19 +1,12 @@
-"""Atomic, framework-neutral checkpoints: a flat ``dict[str, np.ndarray]`` plus JSON metadata.
-
-One checkpoint is one ``.npz`` (a zip of ``.npy`` members, read back with
-``np.load(allow_pickle=False)`` only, so loading never runs code). Metadata travels inside the
-same file as UTF-8 JSON in a reserved uint8 member, so arrays and metadata can never disagree.
-
-Writes are atomic: temp file in the same directory -> flush + fsync -> ``os.replace`` -> fsync of
-the directory. A directory managed by :class:`CheckpointManager` holds ``ckpt-<step>.npz`` files
-and a ``latest`` pointer; updating the pointer is the commit point of a checkpoint.
-"""
+"""Atomic checkpoints: a ``.npz`` of flat arrays plus JSON metadata, read with ``allow_pickle=False``
+only (loading never runs code); a ``latest`` pointer's atomic update commits a checkpoint."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import secrets
@@ -22,7 +15,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,27 +46,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read (corrupt, truncated, wrong format)."""
 
 
-# ----------------------------------------------------------------------------- atomic files
-
-
 def _fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable; not supported on every platform/filesystem.
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def temp_path_for(path: str | os.PathLike[str]) -> Path:
-    """A unique hidden temp name beside ``path`` (same filesystem, so os.replace is atomic)."""
-    p = Path(path)
-    return p.with_name(f".{p.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 # Write failures of the file itself (full disk or quota, read-only or forbidden, I/O error).
@@ -82,15 +62,14 @@ _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS,
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temp file beside ``path``; on success fsync and rename it over ``path``.
-
-    On any exception the temp file is removed and ``path`` is left exactly as it was.
-    """
+    """Write to a temp file beside ``path``, fsync it and rename it over ``path``; on any
+    exception the temp file is removed and ``path`` is left exactly as it was."""
     if "w" not in mode:
         raise ValueError(f"atomic_open needs a write mode, got {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(target)
+    # Same directory, so os.replace is atomic; hidden, so globbing never sees it.
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     f = open(tmp, mode, **kwargs)  # closed below on every path
     try:
         yield f
@@ -111,12 +90,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-
-
-# ----------------------------------------------------------------------------- JSON <-> array
+def file_above(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is a file (so ``path`` cannot be made)."""
+    parent = next((p for p in path.parents if p.exists()), None)
+    return parent if parent is not None and not parent.is_dir() else None
 
 
 def json_to_array(obj: Any) -> np.ndarray:
@@ -128,19 +105,17 @@ def array_to_json(arr: np.ndarray) -> Any:
     return json.loads(np.asarray(arr, dtype=np.uint8).tobytes().decode("utf-8"))
 
 
-# ----------------------------------------------------------------------------- single files
-
-
 @dataclass
 class Checkpoint:
     arrays: dict[str, np.ndarray]
     metadata: dict[str, Any]
     path: Path
-    step: int | None = field(default=None)
+    step: int | None = None
 
 
-def _check_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
+def save_checkpoint(path: str | os.PathLike[str], arrays: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
+    """Write ``arrays`` + ``metadata`` atomically to ``path`` (an .npz). Returns the path."""
+    checked: dict[str, np.ndarray] = {}
     for key, value in arrays.items():
         if not isinstance(key, str) or not key:
             raise ValueError(f"checkpoint array keys must be non-empty strings, got {key!r}")
@@ -150,19 +125,7 @@ def _check_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if arr.dtype.hasobject:
             # Object arrays would need pickle to load, which this format never allows.
             raise ValueError(f"checkpoint array {key!r} has object dtype; only numeric arrays are allowed")
-        out[key] = arr
-    return out
-
-
-def save_checkpoint(
-    path: str | os.PathLike[str],
-    arrays: Mapping[str, Any],
-    metadata: Mapping[str, Any],
-    *,
-    compress: bool = False,
-) -> Path:
-    """Write ``arrays`` + ``metadata`` atomically to ``path`` (an .npz). Returns the path."""
-    checked = _check_arrays(arrays)
+        checked[key] = arr
     meta = dict(metadata)
     meta.setdefault("format_version", FORMAT_VERSION)
     meta.setdefault(VERSION_KEY, _valr_version())
@@ -170,11 +133,9 @@ def save_checkpoint(
         meta_bytes = json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise ValueError(f"checkpoint metadata is not strict JSON: {e}") from e
-    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     target = Path(path)
-    with atomic_open(target, "wb") as f, zipfile.ZipFile(f, "w", compression=compression) as zf:
-        # Same member layout as np.savez, written by hand so no key can clash with
-        # np.savez's own keyword arguments.
+    with atomic_open(target, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        # np.savez's member layout, written by hand so no key can clash with its keyword arguments.
         for key, arr in checked.items():
             with zf.open(key + ".npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asarray(arr, order="C"), allow_pickle=False)
@@ -183,15 +144,13 @@ def save_checkpoint(
     return target
 
 
-# What a damaged or hostile .npz can make zipfile / np.load raise (NotImplementedError: an
-# unknown compression method; RuntimeError: an encrypted member; MemoryError: a header that
-# declares an absurd shape).
+# What a damaged or hostile .npz can make zipfile / np.load raise (NotImplementedError: unknown
+# compression; RuntimeError: an encrypted member; MemoryError: a header declaring an absurd shape).
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, zlib.error, KeyError,
                 NotImplementedError, RuntimeError, MemoryError, OverflowError, struct.error)
 
-# The most a checkpoint may decompress to, unless a caller allows more: the paper's ResNet
-# WGAN (generator, critic, EMA and both Adam states) is 77 MiB, so 1 GiB leaves room
-# while a zip bomb (a member declaring gigabytes of zeros) is refused before it is inflated.
+# The most a checkpoint may decompress to, unless a caller allows more: the paper's ResNet WGAN
+# with EMA and Adam states is 77 MiB, while a zip bomb declaring gigabytes is refused uninflated.
 MAX_CHECKPOINT_BYTES = 1 << 30
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -220,12 +179,8 @@ def _check_declared_sizes(p: Path, infos: list[zipfile.ZipInfo], max_bytes: int 
     declare more bytes than ``max_bytes`` or than the memory left."""
     total = sum(i.file_size for i in infos)
     largest = max(infos, key=lambda i: i.file_size, default=None)
-    limits = [(max_bytes, "the checkpoint size limit")] if max_bytes is not None else []
-    free = available_memory()
-    if free is not None:
-        limits.append((free, "the memory available"))
-    for cap, what in limits:
-        if total > cap:
+    for cap, what in ((max_bytes, "the checkpoint size limit"), (available_memory(), "the memory available")):
+        if cap is not None and total > cap:
             biggest = f" (member {largest.filename!r}: {_mib(largest.file_size)})" if largest is not None else ""
             raise CheckpointError(
                 f"checkpoint {p} declares {_mib(total)} of arrays{biggest}, more than {what} ({_mib(cap)}); "
@@ -239,10 +194,8 @@ def _read_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) 
     fmt = np.lib.format
     with zf.open(info) as member:
         if member.read(len(_NPY_MAGIC)) != _NPY_MAGIC:
-            raise CheckpointError(
-                f"checkpoint {p} member {key!r} is not a NumPy .npy array; "
-                "not a valr checkpoint, or a tampered one. It was left untouched."
-            )
+            raise CheckpointError(f"checkpoint {p} member {key!r} is not a NumPy .npy array; "
+                                  "not a valr checkpoint, or a tampered one. It was left untouched.")
         member.seek(0)
         version = fmt.read_magic(member)
         header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
@@ -250,9 +203,7 @@ def _read_member(p: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) 
         if dtype.hasobject:
             raise CheckpointError(f"checkpoint {p} member {key!r} has object dtype (it would need pickle); "
                                   "not a valr checkpoint. It was left untouched.")
-        nbytes = dtype.itemsize
-        for n in shape:
-            nbytes *= int(n)
+        nbytes = dtype.itemsize * math.prod(int(n) for n in shape)
         if member.tell() + nbytes != info.file_size:
             raise CheckpointError(
                 f"checkpoint {p} member {key!r} declares shape {tuple(shape)} {dtype} ({nbytes} bytes) but holds "
@@ -275,40 +226,8 @@ def first_nonfinite(arrays: Mapping[str, np.ndarray]) -> tuple[str, int] | None:
     return None
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str], *, max_bytes: int | None = MAX_CHECKPOINT_BYTES, allow_nonfinite: bool = False
-) -> Checkpoint:
-    """Read a checkpoint; any corruption raises :class:`CheckpointError` naming the file.
-
-    Members may declare at most ``max_bytes`` in total (None: no limit but the free memory),
-    checked before anything is decompressed. An array holding NaN/Inf is refused (a diverged
-    run; the trainers never write one) unless ``allow_nonfinite``. The file is never modified
-    or removed here.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint {p} does not exist")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with zipfile.ZipFile(p) as zf:
-            infos = zf.infolist()
-            _check_declared_sizes(p, infos, max_bytes)
-            for info in infos:
-                # np.savez's naming: member "<key>.npy".
-                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
-                if key in arrays:
-                    raise CheckpointError(f"checkpoint {p} holds member {key!r} twice; tampered. "
-                                          "It was left untouched.")
-                # Reading every member fully makes zipfile verify each CRC-32.
-                arrays[key] = _read_member(p, zf, info, key)
-    except CheckpointError:
-        raise
-    except _READ_ERRORS as e:
-        raise CheckpointError(
-            f"checkpoint {p} is corrupt or truncated ({type(e).__name__}: {e}). "
-            "It was left untouched; move it aside to resume from an older checkpoint."
-        ) from e
-    raw = arrays.pop(METADATA_KEY, None)
+def _metadata(p: Path, raw: np.ndarray | None) -> dict[str, Any]:
+    """The metadata member as a JSON object of this format version, else CheckpointError."""
     if raw is None:
         raise CheckpointError(f"checkpoint {p} has no metadata member {METADATA_KEY!r}; not a valr checkpoint")
     if raw.dtype != np.uint8 or raw.ndim != 1:
@@ -322,10 +241,38 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {p} metadata is {type(metadata).__name__}, expected a JSON object")
     version = metadata.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {p} was written by {written_by(metadata)} (format_version {version!r}); valr "
-            f"{_valr_version()} reads format_version {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"checkpoint {p} was written by {written_by(metadata)} (format_version {version!r}); "
+                              f"valr {_valr_version()} reads format_version {FORMAT_VERSION}")
+    return metadata
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, max_bytes: int | None = MAX_CHECKPOINT_BYTES, allow_nonfinite: bool = False
+) -> Checkpoint:
+    """Read a checkpoint, never modifying it; any corruption raises :class:`CheckpointError`
+    naming the file. Members may declare at most ``max_bytes`` in total (None: the free memory),
+    and an array holding NaN/Inf (a diverged run) is refused unless ``allow_nonfinite``."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(p) as zf:
+            infos = zf.infolist()
+            _check_declared_sizes(p, infos, max_bytes)
+            for info in infos:
+                key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                if key in arrays:
+                    raise CheckpointError(f"checkpoint {p} holds member {key!r} twice; tampered. "
+                                          "It was left untouched.")
+                # Reading every member fully makes zipfile verify each CRC-32.
+                arrays[key] = _read_member(p, zf, info, key)
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as e:
+        raise CheckpointError(f"checkpoint {p} is corrupt or truncated ({type(e).__name__}: {e}). "
+                              "It was left untouched; move it aside to resume from an older checkpoint.") from e
+    metadata = _metadata(p, arrays.pop(METADATA_KEY, None))
     bad = None if allow_nonfinite else first_nonfinite(arrays)
     if bad is not None:
         key, count = bad
@@ -338,9 +285,6 @@ def load_checkpoint(
     return Checkpoint(arrays=arrays, metadata=metadata, path=p, step=step if isinstance(step, int) else None)
 
 
-# ----------------------------------------------------------------------------- directories
-
-
 def checkpoint_name(step: int) -> str:
     return f"ckpt-{step:09d}.npz"
 
@@ -350,12 +294,7 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]
     d = Path(directory)
     if not d.is_dir():
         return []
-    found = []
-    for p in d.iterdir():
-        m = _CKPT_RE.match(p.name)
-        if m and p.is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found)
+    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _CKPT_RE.match(p.name)) and p.is_file())
 
 
 def is_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> bool:
@@ -367,62 +306,43 @@ def is_checkpoint(path: str | os.PathLike[str], step: int | None = None) -> bool
             if info.file_size > 1 << 26:
                 return False
             with zf.open(info) as member:
-                raw = np.lib.format.read_array(member, allow_pickle=False)
-            if raw.dtype != np.uint8 or raw.ndim != 1:
-                return False
-            meta = array_to_json(raw)
-    except (*_READ_ERRORS, TypeError, RecursionError):
+                meta = _metadata(Path(path), np.lib.format.read_array(member, allow_pickle=False))
+    except (*_READ_ERRORS, TypeError, RecursionError):  # CheckpointError is a RuntimeError
         return False
-    return (isinstance(meta, dict) and meta.get("format_version") == FORMAT_VERSION
-            and (step is None or meta.get("step") == step))
+    return step is None or meta.get("step") == step
 
 
 def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
     """Delete temp files left by a writer that died mid-write (they are never valid data)."""
     d = Path(directory)
     removed = []
-    if d.is_dir():
-        for p in d.iterdir():
-            if _TMP_RE.match(p.name) and p.is_file():
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-                    removed.append(p)
+    for p in d.iterdir() if d.is_dir() else ():
+        if _TMP_RE.match(p.name) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
     return removed
-
-
-def read_latest_pointer(directory: str | os.PathLike[str]) -> Path | None:
-    pointer = Path(directory) / LATEST_NAME
-    try:
-        name = pointer.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    if not _CKPT_RE.match(name):
-        warnings.warn(f"ignoring malformed checkpoint pointer {pointer} (contains {name!r})", stacklevel=2)
-        return None
-    return Path(directory) / name
 
 
 def latest_checkpoint_path(directory: str | os.PathLike[str]) -> Path | None:
     """The committed latest checkpoint: the ``latest`` pointer, else the highest step file."""
-    target = read_latest_pointer(directory)
-    if target is not None and target.is_file():
-        return target
+    pointer = Path(directory) / LATEST_NAME
+    with contextlib.suppress(FileNotFoundError):
+        name = pointer.read_text(encoding="utf-8").strip()
+        if not _CKPT_RE.match(name):
+            warnings.warn(f"ignoring malformed checkpoint pointer {pointer} (contains {name!r})", stacklevel=2)
+        elif (pointer.parent / name).is_file():
+            return pointer.parent / name
+        else:
+            warnings.warn(f"checkpoint pointer {pointer} names missing file {name}; "
+                          "falling back to the highest-step checkpoint", stacklevel=2)
     found = list_checkpoints(directory)
-    if target is not None:
-        warnings.warn(
-            f"checkpoint pointer {Path(directory) / LATEST_NAME} names missing file {target.name}; "
-            "falling back to the highest-step checkpoint",
-            stacklevel=2,
-        )
     return found[-1][1] if found else None
 
 
 def load_latest(directory: str | os.PathLike[str]) -> Checkpoint | None:
-    """Load the latest committed checkpoint in ``directory`` or return None if there is none.
-
-    Stale temp files from an interrupted write are removed first. A corrupt latest file raises
-    :class:`CheckpointError` (listing older checkpoints) and is left in place.
-    """
+    """The latest committed checkpoint in ``directory`` (None if there is none), after removing
+    stale temp files. A corrupt latest file raises (listing older ones) and is left in place."""
     remove_stale_temp_files(directory)
     path = latest_checkpoint_path(directory)
     if path is None:
@@ -444,39 +364,21 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.keep = keep
 
-    def save(
-        self, step: int, arrays: Mapping[str, Any], metadata: Mapping[str, Any], *, compress: bool = False
-    ) -> Path:
+    def save(self, step: int, arrays: Mapping[str, Any], metadata: Mapping[str, Any]) -> Path:
         meta = dict(metadata)
         meta["step"] = int(step)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = save_checkpoint(self.directory / checkpoint_name(step), arrays, meta, compress=compress)
+        path = save_checkpoint(self.directory / checkpoint_name(step), arrays, meta)
         # The pointer update commits the checkpoint; a crash before it leaves the old one live.
-        atomic_write_bytes(self.directory / LATEST_NAME, (path.name + "\n").encode("utf-8"))
-        self._prune(keep_path=path)
-        return path
-
-    def _prune(self, keep_path: Path) -> None:
-        # Only real checkpoints count towards ``keep`` and only they are deleted: a foreign or
-        # damaged file that merely has a checkpoint's name (say ckpt-000000099.npz) must not
-        # push a good checkpoint out, and is left for the user to inspect.
-        found = [p for step, p in list_checkpoints(self.directory) if p == keep_path or is_checkpoint(p, step)]
+        with atomic_open(self.directory / LATEST_NAME, "wb") as f:
+            f.write((path.name + "\n").encode("utf-8"))
+        # Only real checkpoints count towards ``keep`` and are deleted: a foreign or damaged file
+        # merely named like one must not push a good checkpoint out; it is left for the user.
+        found = [p for s, p in list_checkpoints(self.directory) if p == path or is_checkpoint(p, s)]
         for p in found[: max(0, len(found) - self.keep)]:
-            if p != keep_path:
+            if p != path:
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
-
-    def latest_path(self) -> Path | None:
-        return latest_checkpoint_path(self.directory)
-
-    def load_latest(self) -> Checkpoint | None:
-        return load_latest(self.directory)
-
-
-# ----------------------------------------------------------------------------- validation
-
-
-ArraySpec = Mapping[str, tuple[Sequence[int], Any]]
+        return path
 
 
 def array_spec(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -484,13 +386,8 @@ def array_spec(arrays: Mapping[str, np.ndarray]) -> dict[str, tuple[tuple[int, .
     return {k: (tuple(np.shape(v)), np.asarray(v).dtype.str) for k, v in arrays.items()}
 
 
-def validate_arrays(
-    arrays: Mapping[str, np.ndarray],
-    expected: ArraySpec,
-    *,
-    context: str = "checkpoint",
-    allow_extra: bool = False,
-) -> None:
+def validate_arrays(arrays: Mapping[str, np.ndarray], expected: Mapping[str, tuple[Sequence[int], Any]], *,
+                    context: str = "checkpoint") -> None:
     """Raise ValueError naming the first key whose presence, shape or dtype does not match."""
     for key, (shape, dtype) in expected.items():
         if key not in arrays:
@@ -504,19 +401,16 @@ def validate_arrays(
             raise ValueError(
                 f"{context}: array {key!r} has dtype {np.dtype(arr.dtype).name}, expected {np.dtype(dtype).name}"
             )
-    if not allow_extra:
-        extra = sorted(set(arrays) - set(expected))
-        if extra:
-            raise ValueError(f"{context}: unexpected array {extra[0]!r} ({len(extra)} unexpected in total)")
+    extra = sorted(set(arrays) - set(expected))
+    if extra:
+        raise ValueError(f"{context}: unexpected array {extra[0]!r} ({len(extra)} unexpected in total)")
 
 
 def restore_arrays(
     arrays: Mapping[str, np.ndarray], live: Mapping[str, np.ndarray], *, context: str
 ) -> dict[str, np.ndarray]:
-    """``arrays`` checked against the live state ``live`` (keys, shapes, dtypes), scalars as 0-d.
-
-    Checkpoints written before format fixes stored 0-d arrays as shape (1,); they load here, in
-    one place, for every trainer."""
+    """``arrays`` checked against the live state ``live`` (keys, shapes, dtypes), scalars as 0-d
+    (older checkpoints stored them as shape (1,); they load here, once for every trainer)."""
     fixed = {k: (np.reshape(v, ()) if k in live and np.ndim(live[k]) == 0 and np.shape(v) == (1,) else v)
              for k, v in arrays.items()}
     validate_arrays(fixed, array_spec(live), context=context)
@@ -524,10 +418,7 @@ def restore_arrays(
 
 
 def validate_metadata(
-    metadata: Mapping[str, Any],
-    *,
-    framework: str | None = None,
-    architecture: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any], *, framework: str | None = None, architecture: Mapping[str, Any] | None = None,
     context: str = "checkpoint",
 ) -> None:
     """Raise ValueError naming the field whose checkpoint value differs from this run's."""
@@ -535,46 +426,17 @@ def validate_metadata(
     if version != FORMAT_VERSION:
         raise ValueError(f"{context}: field 'format_version' is {version!r}, this code expects {FORMAT_VERSION}")
     if framework is not None and metadata.get("framework") != framework:
-        raise ValueError(
-            f"{context}: field 'framework' is {metadata.get('framework')!r}, this run uses {framework!r}"
-        )
+        raise ValueError(f"{context}: field 'framework' is {metadata.get('framework')!r}, this run uses {framework!r}")
     if architecture is not None:
         saved = metadata.get("architecture")
         if not isinstance(saved, Mapping):
             raise ValueError(f"{context}: field 'architecture' is {saved!r}, expected a mapping")
         for key in sorted(set(saved) | set(architecture)):
             a, b = saved.get(key, "<absent>"), architecture.get(key, "<absent>")
-            if _jsonish(a) != _jsonish(b):
+            # Tuples become lists in JSON; compare in the JSON domain so (4, 4) == [4, 4].
+            ja, jb = (json.loads(json.dumps(v, sort_keys=True, default=str)) for v in (a, b))
+            if ja != jb:
                 raise ValueError(
                     f"{context}: architecture field {key!r} is {a!r} in the checkpoint but {b!r} in this run"
                 )
 
-
-def _jsonish(value: Any) -> Any:
-    # Tuples become lists in JSON; compare in the JSON domain so (4, 4) == [4, 4].
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-__all__ = [
-    "FORMAT_VERSION",
-    "MAX_CHECKPOINT_BYTES",
-    "Checkpoint",
-    "CheckpointError",
-    "CheckpointManager",
-    "array_spec",
-    "array_to_json",
-    "atomic_open",
-    "atomic_write_bytes",
-    "available_memory",
-    "first_nonfinite",
-    "json_to_array",
-    "latest_checkpoint_path",
-    "is_checkpoint",
-    "list_checkpoints",
-    "load_checkpoint",
-    "load_latest",
-    "remove_stale_temp_files",
-    "save_checkpoint",
-    "validate_arrays",
-    "validate_metadata",
-]

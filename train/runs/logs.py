@@ -1,10 +1,5 @@
-"""Run logs: metrics as JSONL + CSV, TensorBoard scalars/images, PNG sample grids.
-
-TensorBoard event files are written by a small built-in encoder (the record format and the
-handful of protobuf fields are stable and public), because tensorboardX imports torch when it
-is installed and tensorboard's own writer imports TensorFlow when that is installed: a JAX run
-must pull in neither.
-"""
+"""Run logs: metrics as JSONL + CSV, TensorBoard scalars/images, PNG sample grids. TensorBoard
+events come from a built-in encoder, so a JAX run imports neither torch nor TensorFlow."""
 
 from __future__ import annotations
 
@@ -25,15 +20,11 @@ import numpy as np
 from train.data import to_uint8
 from train.runs.checkpoint import atomic_open
 
-# ----------------------------------------------------------------------------- metrics files
-
 Scalar = float | int | str | None
 
 
 def _clean(value: Any) -> Scalar:
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (bool, np.bool_, int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
         v = float(value)
@@ -49,22 +40,14 @@ def _clean(value: Any) -> Scalar:
 class MetricsWriter:
     """Appends one row per ``write`` to ``metrics.jsonl`` and ``metrics.csv``, flushed each time.
 
-    ``resume_step=None`` starts fresh (existing files are replaced); an int keeps the rows with
-    ``step <= resume_step`` (those the resumed checkpoint already covers) and appends after them.
-    """
+    ``resume_step=None`` replaces existing files; an int keeps the rows with ``step <= resume_step``
+    (those the resumed checkpoint covers) and appends after them."""
 
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        *,
-        resume_step: int | None = None,
-        jsonl_name: str = "metrics.jsonl",
-        csv_name: str = "metrics.csv",
-    ) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, resume_step: int | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.jsonl_path = self.directory / jsonl_name
-        self.csv_path = self.directory / csv_name
+        self.jsonl_path = self.directory / "metrics.jsonl"
+        self.csv_path = self.directory / "metrics.csv"
         rows: list[dict[str, Any]] = []
         if resume_step is not None:
             rows = [r for r in read_jsonl(self.jsonl_path) if isinstance(r.get("step"), int) and r["step"] <= resume_step]
@@ -75,14 +58,14 @@ class MetricsWriter:
                 f.write(json.dumps(r, allow_nan=False) + "\n")
         self._rewrite_csv()
         self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
-        self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
 
     def _rewrite_csv(self) -> None:
+        """Write the whole CSV (header and kept rows) and reopen it for appending."""
         with atomic_open(self.csv_path, "w", encoding="utf-8", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, restval="")
             w.writeheader()
-            for r in self._rows_for_csv:
-                w.writerow({k: _csv_value(v) for k, v in r.items()})
+            w.writerows(_csv_row(r) for r in self._rows_for_csv)
+        self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - long-lived
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         row: dict[str, Scalar] = {"step": int(step)}
@@ -96,11 +79,8 @@ class MetricsWriter:
             self._csv.close()
             self.columns.extend(new)
             self._rewrite_csv()
-            self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
         else:
-            csv.DictWriter(self._csv, fieldnames=self.columns, restval="").writerow(
-                {k: _csv_value(v) for k, v in row.items()}
-            )
+            csv.DictWriter(self._csv, fieldnames=self.columns, restval="").writerow(_csv_row(row))
         self._csv.flush()
 
     def close(self) -> None:
@@ -124,8 +104,8 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return cols
 
 
-def _csv_value(v: Scalar) -> Scalar:
-    return "" if v is None else v
+def _csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: "" if v is None else v for k, v in row.items()}
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -145,10 +125,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-# ----------------------------------------------------------------------------- image grids
-
-
-def make_grid(images: np.ndarray, nrow: int = 8, padding: int = 2, pad_value: int = 0) -> np.ndarray:
+def make_grid(images: np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """Tile N images (uint8, or float in [-1, 1]; NHWC, NHW or NHW1) into one uint8 HWC grid
     with ``nrow`` images per row."""
     x = np.asarray(images)
@@ -165,7 +142,7 @@ def make_grid(images: np.ndarray, nrow: int = 8, padding: int = 2, pad_value: in
     n, h, w, c = x.shape
     cols = min(nrow, max(n, 1))
     rows = max(1, math.ceil(n / cols))
-    grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c), pad_value, np.uint8)
+    grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), np.uint8)
     for i in range(n):
         r, col = divmod(i, cols)
         y0, x0 = padding + r * (h + padding), padding + col * (w + padding)
@@ -184,9 +161,7 @@ def encode_png(image_hwc: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def save_image_grid(
-    path: str | os.PathLike[str], images: np.ndarray, nrow: int = 8, padding: int = 2
-) -> np.ndarray:
+def save_image_grid(path: str | os.PathLike[str], images: np.ndarray, nrow: int = 8, padding: int = 2) -> np.ndarray:
     """Write ``images`` as one PNG grid atomically; returns the grid (uint8 HWC)."""
     grid = make_grid(images, nrow=nrow, padding=padding)
     with atomic_open(path, "wb") as f:
@@ -194,20 +169,13 @@ def save_image_grid(
     return grid
 
 
-# ----------------------------------------------------------------------------- TensorBoard
+def _crc32c_entry(crc: int) -> int:
+    for _ in range(8):
+        crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc
 
 
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        crc = i
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _crc32c_table()
+_CRC_TABLE = [_crc32c_entry(i) for i in range(256)]
 
 
 def crc32c(data: bytes) -> int:
@@ -227,14 +195,11 @@ def _masked_crc(data: bytes) -> int:
 def _varint(n: int) -> bytes:
     n &= (1 << 64) - 1  # int64 two's complement for negative values
     out = bytearray()
-    while True:
-        byte = n & 0x7F
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
         n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(n)
+    return bytes(out)
 
 
 def _field_varint(num: int, value: int) -> bytes:
@@ -245,12 +210,9 @@ def _field_bytes(num: int, payload: bytes) -> bytes:
     return _varint((num << 3) | 2) + _varint(len(payload)) + payload
 
 
-def _field_double(num: int, value: float) -> bytes:
-    return _varint((num << 3) | 1) + struct.pack("<d", value)
-
-
-def _field_float(num: int, value: float) -> bytes:
-    return _varint((num << 3) | 5) + struct.pack("<f", value)
+def _field_fixed(num: int, fmt: str, value: float) -> bytes:
+    """A double ("<d", wire type 1) or float ("<f", wire type 5) field."""
+    return _varint((num << 3) | (1 if fmt == "<d" else 5)) + struct.pack(fmt, value)
 
 
 # Field numbers from tensorboard's event.proto / summary.proto.
@@ -263,9 +225,8 @@ _SESSION_START = 1
 class TensorBoardWriter:
     """Minimal TensorBoard event-file writer (scalars and PNG images), no framework needed.
 
-    ``purge_step`` (on resume) writes a SessionLog START so TensorBoard drops older events with
-    ``step >= purge_step`` left by the interrupted run.
-    """
+    ``purge_step`` (on resume) writes a SessionLog START so TensorBoard drops the interrupted
+    run's events with ``step >= purge_step``."""
 
     def __init__(self, logdir: str | os.PathLike[str], *, purge_step: int | None = None) -> None:
         self.logdir = Path(logdir)
@@ -282,8 +243,8 @@ class TensorBoardWriter:
             self._write_event(_field_varint(_EV_STEP, purge_step) + _field_bytes(_EV_SESSION_LOG, session_log))
         self.flush()
 
-    def _write_event(self, body: bytes, wall_time: float | None = None) -> None:
-        event = _field_double(_EV_WALL_TIME, time.time() if wall_time is None else wall_time) + body
+    def _write_event(self, body: bytes) -> None:
+        event = _field_fixed(_EV_WALL_TIME, "<d", time.time()) + body
         header = struct.pack("<Q", len(event))
         self._f.write(header + struct.pack("<I", _masked_crc(header)) + event + struct.pack("<I", _masked_crc(event)))
 
@@ -296,12 +257,9 @@ class TensorBoardWriter:
         for tag, v in scalars.items():
             c = _clean(v)
             if isinstance(c, (int, float)):
-                values.append(_field_bytes(_VAL_TAG, tag.encode()) + _field_float(_VAL_SIMPLE, float(c)))
+                values.append(_field_bytes(_VAL_TAG, tag.encode()) + _field_fixed(_VAL_SIMPLE, "<f", float(c)))
         if values:
             self._write_values(step, values)
-
-    def add_scalar(self, tag: str, value: float, step: int) -> None:
-        self.add_scalars(step, {tag: value})
 
     def add_image(self, tag: str, image: np.ndarray, step: int) -> None:
         """``image``: uint8 HWC (or float in [-1, 1])."""
@@ -311,12 +269,8 @@ class TensorBoardWriter:
         if img.ndim == 2:
             img = img[..., None]
         h, w, c = img.shape
-        image_msg = (
-            _field_varint(_IMG_HEIGHT, h)
-            + _field_varint(_IMG_WIDTH, w)
-            + _field_varint(_IMG_COLORSPACE, c)
-            + _field_bytes(_IMG_ENCODED, encode_png(img))
-        )
+        image_msg = (_field_varint(_IMG_HEIGHT, h) + _field_varint(_IMG_WIDTH, w)
+                     + _field_varint(_IMG_COLORSPACE, c) + _field_bytes(_IMG_ENCODED, encode_png(img)))
         self._write_values(step, [_field_bytes(_VAL_TAG, tag.encode()) + _field_bytes(_VAL_IMAGE, image_msg)])
 
     def flush(self) -> None:
@@ -334,12 +288,10 @@ def read_tfevents_records(path: str | os.PathLike[str]) -> list[bytes]:
     data = Path(path).read_bytes()
     out, pos = [], 0
     while pos < len(data):
-        header = data[pos : pos + 8]
-        (length,) = struct.unpack("<Q", header)
-        (hcrc,) = struct.unpack("<I", data[pos + 8 : pos + 12])
+        length, hcrc = struct.unpack_from("<QI", data, pos)
         body = data[pos + 12 : pos + 12 + length]
-        (bcrc,) = struct.unpack("<I", data[pos + 12 + length : pos + 16 + length])
-        if hcrc != _masked_crc(header) or bcrc != _masked_crc(body):
+        (bcrc,) = struct.unpack_from("<I", data, pos + 12 + length)
+        if hcrc != _masked_crc(data[pos : pos + 8]) or bcrc != _masked_crc(body):
             raise ValueError(f"{path}: CRC mismatch in record at byte {pos}")
         out.append(body)
         pos += 16 + length

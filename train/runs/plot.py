@@ -1,10 +1,5 @@
-"""Draw a run's ``metrics.csv`` to one PNG: ``python -m train.plot RUN_DIR [--out FILE]``.
-
-Panels (those with data): losses, the critic's Wasserstein estimate, Lipschitz violations,
-the AL multiplier mu, and the quality metrics (FD-digits / KID / classes on digits, IS / FID /
-KID on CIFAR-10). Writes ``RUN_DIR/metrics.png`` by default, ``DIR/metrics.png`` when ``--out``
-is an existing directory, and prints the path written. Needs matplotlib (train extra).
-"""
+"""Draw a run's ``metrics.csv`` to one PNG, a panel per group of metrics:
+``python -m train.plot RUN_DIR [--out FILE]`` (needs matplotlib, the train extra)."""
 
 from __future__ import annotations
 
@@ -14,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from train.runs.checkpoint import atomic_open
+from train.runs.checkpoint import atomic_open, file_above
 
 # Penalty statistics carry the core's names (valp/..., gp/..., lp/...): listed once per family.
 _FAMILIES = ("valp", "gp", "lp")
@@ -76,19 +71,15 @@ OUT_SUFFIXES = (".png", ".pdf", ".svg")
 
 def resolve_out(run_dir: Path, out: Path | None) -> Path:
     """The file ``--out`` names: RUN_DIR/metrics.png by default, DIR/metrics.png for an existing
-    directory DIR, else a path ending in .png/.pdf/.svg whose folder is (or can be made) a
-    directory. PlotError names --out otherwise."""
+    directory DIR, else a .png/.pdf/.svg path whose folder can be made; PlotError otherwise."""
     if out is None:
         return run_dir / "metrics.png"
     if out.is_dir():
         return out / "metrics.png"
     if out.suffix.lower() not in OUT_SUFFIXES:
         raise PlotError(f"--out {out}: expected an existing directory or a file ending in {', '.join(OUT_SUFFIXES)}")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise PlotError(f"--out {out}: {parent} is a file, not a directory")
-            break
+    if (blocker := file_above(out)) is not None:
+        raise PlotError(f"--out {out}: {blocker} is a file, not a directory")
     return out
 
 

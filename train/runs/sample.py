@@ -1,14 +1,5 @@
-"""EMA samples from a checkpoint of any framework:
-``python -m train.sample CHECKPOINT --n N --out DIR [--format png|npz] [--seed S]``.
-
-The checkpoint names its framework and holds the run's config, so the matching trainer is
-rebuilt (on ``--device``, default cpu), its state loaded, and its EMA generator sampled in
-inference mode on seeded latents. ``png`` writes ``DIR/sample_00000.png``...; ``npz`` writes one
-``DIR/samples.npz`` with ``images`` (uint8 NHWC, for external FID tools such as clean-fid) and
-``z``. CHECKPOINT may also be a run directory or its ``checkpoints/`` (the latest is used).
-Everything is checked before a file is written (--out, the checkpoint and its metadata, finite
-weights, memory and disk for --n); existing samples are replaced only with ``--overwrite``.
-"""
+"""EMA samples from a checkpoint of any framework: ``python -m train.sample CHECKPOINT --n N --out
+DIR [--format png|npz] [--seed S]``; everything is checked before a file is written."""
 
 from __future__ import annotations
 
@@ -86,11 +77,8 @@ def check_out(out: Path, fmt: str, overwrite: bool) -> None:
     """--out must be (or become) a directory; existing samples there are kept unless --overwrite."""
     if out.exists() and not out.is_dir():
         raise SampleError(f"--out {out} is an existing file; expected a directory to write samples into")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise SampleError(f"--out {out}: {parent} is a file; expected a directory")
-            break
+    if (blocker := ckpt.file_above(out)) is not None:
+        raise SampleError(f"--out {out}: {blocker} is a file; expected a directory")
     if out.is_dir() and not overwrite:
         taken = sorted(p.name for p in out.iterdir()
                        if (_SAMPLE_FILE.match(p.name) if fmt == "png" else p.name == "samples.npz"))
@@ -111,8 +99,7 @@ def check_room(n: int, cfg: TrainConfig, out: Path, fmt: str) -> None:
         raise SampleError(f"--n {n}: {n} samples need {need / 2**30:.1f} GiB of memory; train.sample takes at most "
                           f"{MAX_SAMPLES} samples{avail}. Use a smaller --n (several --seed values for more)")
     disk = n * (image + 1024 if fmt == "png" else image + 4 * cfg.z_dim) + (1 << 20)
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    room = shutil.disk_usage(existing).free
+    room = shutil.disk_usage(next(p for p in (out, *out.parents) if p.exists())).free
     if disk > room:
         raise SampleError(f"--n {n}: {n} samples need about {disk / 2**20:.0f} MiB on the disk of --out {out}, "
                           f"which has {room / 2**20:.0f} MiB free")

@@ -1,19 +1,6 @@
-"""Keras 3 front door: a WGAN-VALP ``keras.Model`` with an overridden ``train_step``, in the form
-and with the argument names of keras.io's WGAN-GP example, and a callback that puts VALP's
-statistics into the logs.
-
-    gan = WGANVALP(discriminator=critic, generator=generator, latent_dim=2,
-                   discriminator_extra_steps=5, mode="al", rho=1.0)
-    gan.compile(d_optimizer=keras.optimizers.Adam(1e-3), g_optimizer=keras.optimizers.Adam(1e-4))
-    gan.fit(dataset, epochs=10, callbacks=[VALPCallback(), keras.callbacks.TensorBoard("tb")])
-    gan.save("wgan.keras")  # keras.models.load_model("wgan.keras") resumes exactly
-
-``train_step`` is written for Keras' TensorFlow backend. On the JAX backend Keras requires a
-stateless ``train_step`` and on the torch backend a torch-autograd one; constructing
-``WGANVALP`` there raises ``NotImplementedError`` saying what to use instead (VALP itself works
-on those backends' tensors: ``VALP(backend="jax")`` with ``critic.stateless_call``, or
-``VALPModule`` on the torch tensors Keras returns).
-"""
+"""Keras 3 front door: a WGAN-VALP ``keras.Model`` in the form of keras.io's WGAN-GP example
+(``train_step``; Keras' TensorFlow backend), saved and loaded as ``.keras``, and a callback that
+puts VALP's statistics into the logs (docs/usage.md, "Keras 3")."""
 
 from __future__ import annotations
 
@@ -29,26 +16,23 @@ from ..valp import VALP
 
 __all__ = ["WGANVALP", "VALPCallback", "STAT_NAMES", "wasserstein_d_loss", "wasserstein_g_loss"]
 
-# VALP's per-step statistics, under the core's names (VALP.loss's aux.stats), which the model
-# keeps in variables; VALPCallback logs them and the AL multiplier (MU_NAME).
+# VALP's per-step statistics (VALP.loss's aux.stats names), kept in the model's variables.
 MU_NAME = "valp/mu"
 _STEP_STATS = ("valp/penalty", "valp/mean_violation", "valp/max_violation", "valp/mean_quotient",
                "valp/max_quotient", "valp/violating_fraction", "valp/dropped_fraction")
 STAT_NAMES = (*_STEP_STATS, MU_NAME)
 
-# The trainers' seed policy (train.seeds.stream_seed; valr_core does not import train): one
-# stream per purpose, the index being the purpose's place in train.seeds.PURPOSES.
+# train.seeds.stream_seed's policy (valr_core does not import train): index in its PURPOSES.
 _PURPOSE_INDEX = {"latents": 2, "penalty": 3}
 _MAX_SEED = 2**32 - 1
-# Keyword aliases: valr's earlier names for keras.io's.
 _ALIASES = {"critic": "discriminator", "n_critic": "discriminator_extra_steps", "c_optimizer": "d_optimizer"}
 
 
 def _stream_seed(seed: int, purpose: str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= _MAX_SEED:
         raise ValueError(f"seed must be an integer in [0, {_MAX_SEED}], got {seed!r}")
-    entropy = [int(seed), _PURPOSE_INDEX[purpose]]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0] >> 1)
+    entropy = np.random.SeedSequence([int(seed), _PURPOSE_INDEX[purpose]])
+    return int(entropy.generate_state(1, np.uint32)[0] >> 1)
 
 
 def _pick(name: str, value: Any, alias_value: Any) -> Any:
@@ -74,22 +58,18 @@ def _require_tensorflow_backend() -> None:
 
 def _valp_config(valp: VALP) -> dict[str, Any]:
     """VALP's settings as plain values (distances given as callables: Keras-serialised)."""
-    out: dict[str, Any] = {}
-    for field in dataclasses.fields(valp):
-        value = getattr(valp, field.name)
+
+    def plain(value: Any) -> Any:
         if callable(value):
-            value = keras.saving.serialize_keras_object(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[field.name] = value
-    return out
+            return keras.saving.serialize_keras_object(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    return {field.name: plain(getattr(valp, field.name)) for field in dataclasses.fields(valp)}
 
 
 def _valp_from_config(config: Mapping[str, Any]) -> VALP:
-    kwargs = dict(config)
-    for key, value in config.items():
-        if isinstance(value, dict):
-            kwargs[key] = keras.saving.deserialize_keras_object(value)
+    kwargs = {k: keras.saving.deserialize_keras_object(v) if isinstance(v, dict) else v
+              for k, v in config.items()}
     if kwargs.get("clip") is not None:
         kwargs["clip"] = tuple(kwargs["clip"])
     return VALP(**kwargs)
@@ -107,29 +87,15 @@ def wasserstein_g_loss(fake_img: Any) -> Any:
 
 @keras.saving.register_keras_serializable(package="valr")
 class WGANVALP(keras.Model):
-    """A WGAN whose critic is regularised by VALP: ``discriminator_extra_steps`` critic steps,
-    then one generator step, per batch of real samples (each critic step draws fresh latents and
-    reuses the batch, as keras.io's WGAN-GP does).
+    """A WGAN whose critic is regularised by VALP: ``discriminator_extra_steps`` critic steps
+    (default 5; each draws fresh latents and reuses the batch), then one generator step.
 
-    Arguments are keyword-only, with keras.io's names: ``discriminator`` (the critic),
-    ``generator``, ``latent_dim``, ``discriminator_extra_steps`` (critic steps per generator
-    step, default 5 as in the paper; keras.io's example uses 3). ``critic=`` and ``n_critic=``
-    are accepted as aliases. ``valp`` (a ``VALP``) or ``**config`` (``VALP``'s keywords, e.g.
-    ``mode="al", rho=1.0``) configure the penalty.
-
-    The critic minimises ``d_loss = d_loss_fn(f(real), f(fake)) + penalty`` with VALP on
-    ``concat([real, fake])``; the generator minimises ``g_loss = g_loss_fn(f(fake))`` (by
-    default the WGAN losses). In ``mode="al"`` the multiplier ``mu`` is a non-trainable
-    ``keras.Variable``, updated after each critic step.
-
-    Randomness: latents come from ``latent_rng`` and VALP's draws from ``valp_rng``, two
-    ``tf.random.Generator`` streams seeded from ``seed`` as the trainers seed theirs
-    (``latent_seed``/``valp_seed`` override one stream's seed). Their states are mirrored in
-    non-trainable variables, so ``save``/``save_weights`` store them with ``mu`` and the models,
-    and ``keras.models.load_model`` / ``load_weights`` resume with the same next step.
-
-    The models are built at construction (called once on zeros, in inference mode, if they
-    were not built), so ``save_weights`` works at any time.
+    Keyword-only, with keras.io's names (aliases ``critic=``, ``n_critic=``); ``valp`` or
+    ``**config`` (``VALP``'s keywords) configure the penalty on ``concat([real, fake])``; in
+    ``mode="al"`` ``mu`` is a non-trainable variable. Latents and VALP's draws come from
+    ``latent_rng`` and ``valp_rng``, seeded from ``seed`` as the trainers' (``latent_seed`` /
+    ``valp_seed`` override one); ``save``/``save_weights`` store their states with ``mu``, so
+    loading resumes exactly.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> WGANVALP:
@@ -141,22 +107,12 @@ class WGANVALP(keras.Model):
                 "WGANVALP(generator, critic, ...) have opposite orders)")
         return super().__new__(cls, **kwargs)
 
-    def __init__(
-        self,
-        *,
-        discriminator: keras.Model | None = None,
-        generator: keras.Model | None = None,
-        latent_dim: int | None = None,
-        discriminator_extra_steps: int | None = None,
-        valp: VALP | None = None,
-        seed: int = 0,
-        latent_seed: int | None = None,
-        valp_seed: int | None = None,
-        critic: keras.Model | None = None,
-        n_critic: int | None = None,
-        name: str | None = None,
-        **config: Any,
-    ) -> None:
+    def __init__(self, *, discriminator: keras.Model | None = None,
+                 generator: keras.Model | None = None, latent_dim: int | None = None,
+                 discriminator_extra_steps: int | None = None, valp: VALP | None = None,
+                 seed: int = 0, latent_seed: int | None = None, valp_seed: int | None = None,
+                 critic: keras.Model | None = None, n_critic: int | None = None,
+                 name: str | None = None, **config: Any) -> None:
         import tensorflow as tf
 
         discriminator = _pick("discriminator", discriminator, critic)
@@ -171,8 +127,7 @@ class WGANVALP(keras.Model):
         if isinstance(steps, bool) or not isinstance(steps, int | np.integer) or steps < 1:
             raise ValueError(f"discriminator_extra_steps (alias n_critic) must be an integer >= 1, got {steps!r}")
         super().__init__(name=name)
-        self.discriminator = discriminator
-        self.generator = generator
+        self.discriminator, self.generator = discriminator, generator
         self.latent_dim = int(latent_dim)
         self.discriminator_extra_steps = int(steps)
         self.valp = valp if valp is not None else VALP(backend="tf", **config)
@@ -195,18 +150,11 @@ class WGANVALP(keras.Model):
         self.g_optimizer: keras.optimizers.Optimizer | None = None
         self.d_loss_fn: Callable[[Any, Any], Any] | None = None
         self.g_loss_fn: Callable[[Any], Any] | None = None
-        self._build_models()
-
-    def _build_models(self) -> None:
-        """Create every variable now (a model not built yet is called once on zeros in inference
-        mode), so the model counts as built: ``save_weights`` needs it, and fit never calls it."""
-        import tensorflow as tf
-
-        z = tf.zeros([1, self.latent_dim])
-        if not self.generator.built or not self.discriminator.built:
-            fake = self.generator(z, training=False)
-            if not self.discriminator.built:
-                self.discriminator(fake, training=False)
+        # Every variable now (an unbuilt model is called once on zeros): save_weights needs it.
+        if not generator.built or not discriminator.built:
+            fake = generator(tf.zeros([1, self.latent_dim]), training=False)
+            if not discriminator.built:
+                discriminator(fake, training=False)
         self.built = True
 
     # valr's earlier names, kept as aliases.
@@ -225,27 +173,15 @@ class WGANVALP(keras.Model):
         """Alias of ``d_optimizer``."""
         return self.d_optimizer
 
-    def compile(
-        self,
-        d_optimizer: keras.optimizers.Optimizer | None = None,
-        g_optimizer: keras.optimizers.Optimizer | None = None,
-        d_loss_fn: Callable[[Any, Any], Any] | None = None,
-        g_loss_fn: Callable[[Any], Any] | None = None,
-        *,
-        c_optimizer: keras.optimizers.Optimizer | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Set the two optimisers (and optionally the two losses), keras.io's WGAN-GP names.
-
-        d_optimizer: the critic's optimiser (alias ``c_optimizer``); g_optimizer: the
-        generator's. Both are built here on their model's trainable variables. d_loss_fn:
-        ``(real_img, fake_img) -> scalar`` on the critic's outputs for the real and the fake
-        half (default ``wasserstein_d_loss``: ``E f(fake) - E f(real)``); VALP's penalty is
-        added to it. g_loss_fn: ``fake_img -> scalar`` (default ``wasserstein_g_loss``:
-        ``-E f(fake)``). Other keywords go to ``keras.Model.compile`` (``run_eagerly``,
-        ``jit_compile``, ``steps_per_execution``); ``optimizer``, ``loss`` and ``metrics`` do not
-        apply, and ``model.optimizer`` stays None (Keras would build it on every weight).
-        """
+    def compile(self, d_optimizer: keras.optimizers.Optimizer | None = None,
+                g_optimizer: keras.optimizers.Optimizer | None = None,
+                d_loss_fn: Callable[[Any, Any], Any] | None = None,
+                g_loss_fn: Callable[[Any], Any] | None = None, *,
+                c_optimizer: keras.optimizers.Optimizer | None = None, **kwargs: Any) -> None:
+        """Set the critic's ``d_optimizer`` (alias ``c_optimizer``) and the generator's
+        ``g_optimizer``, optionally ``d_loss_fn(real_img, fake_img)`` (VALP's penalty is added to
+        it) and ``g_loss_fn(fake_img)`` (defaults: the WGAN losses), keras.io's WGAN-GP names.
+        Other keywords go to ``keras.Model.compile`` (``optimizer``, ``loss``, ``metrics`` not)."""
         d_optimizer = _pick("d_optimizer", d_optimizer, c_optimizer)
         if d_optimizer is None or g_optimizer is None:
             raise TypeError("WGANVALP.compile needs d_optimizer= (the critic's; alias c_optimizer=) and g_optimizer=")
@@ -273,8 +209,8 @@ class WGANVALP(keras.Model):
                 "g_loss_fn": None if self.g_loss_fn is None else serialize(self.g_loss_fn)}
 
     def compile_from_config(self, config: dict[str, Any]) -> None:
-        kwargs = {k: None if v is None else keras.saving.deserialize_keras_object(v) for k, v in config.items()}
-        self.compile(**kwargs)
+        self.compile(**{k: None if v is None else keras.saving.deserialize_keras_object(v)
+                        for k, v in config.items()})
 
     def get_config(self) -> dict[str, Any]:
         serialize = keras.saving.serialize_keras_object
@@ -340,8 +276,8 @@ class WGANVALP(keras.Model):
             grads = tape.gradient(d_loss, critic.trainable_variables)
             self.d_optimizer.apply_gradients(zip(grads, critic.trainable_variables, strict=True))
             if al:
-                mu = ALState(self.mu.value)
-                self.mu.assign(self.valp.update(mu, tf.cast(aux.constraint, "float32")).mu)
+                constraint = tf.cast(aux.constraint, "float32")
+                self.mu.assign(self.valp.update(ALState(self.mu.value), constraint).mu)
         for k in _STEP_STATS:
             self.valp_stats[k].assign(tf.cast(aux.stats[k], "float32"))
 
@@ -358,25 +294,10 @@ class WGANVALP(keras.Model):
         return {m.name: m.result() for m in self.metrics}
 
 
-def _check_model(model: Any) -> None:
-    stats = getattr(model, "valp_stats", None)
-    if not isinstance(getattr(model, "mu", None), keras.Variable) or not isinstance(stats, Mapping):
-        raise TypeError(
-            f"VALPCallback needs a model that runs VALP and keeps its statistics (a valr WGANVALP, or a model with a "
-            f"`mu` keras.Variable and a `valp_stats` dict of keras.Variables named {_STEP_STATS[0]!r}, ...); got "
-            f"{type(model).__module__}.{type(model).__qualname__}")
-
-
 class VALPCallback(keras.callbacks.Callback):
-    """Adds VALP's statistics to the logs under the core's names (``STAT_NAMES``:
-    ``valp/penalty``, ``valp/mean_violation``, ..., ``valp/mu``), so that ``History``,
-    ``CSVLogger`` and ``TensorBoard`` (placed *after* this callback) record them.
-
-    Batch logs get the last critic step's values; epoch logs get their mean over the epoch's
-    batches (the maximum for ``valp/max_*``) and ``valp/mu`` at the epoch's end. The model must
-    keep them like ``WGANVALP`` (a ``mu`` variable and a ``valp_stats`` dict); any other model
-    is refused with a ``TypeError`` when training starts.
-    """
+    """Adds VALP's statistics (``STAT_NAMES``) to the logs of callbacks placed *after* it: batch
+    logs the last critic step's values, epoch logs their mean (max for ``valp/max_*``) and the
+    final ``valp/mu``. A model that does not keep them like ``WGANVALP`` raises ``TypeError``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -384,24 +305,25 @@ class VALPCallback(keras.callbacks.Callback):
         self._count = 0
 
     def set_model(self, model: keras.Model) -> None:
-        _check_model(model)
+        stats = getattr(model, "valp_stats", None)
+        if not isinstance(getattr(model, "mu", None), keras.Variable) or not isinstance(stats, Mapping):
+            raise TypeError(
+                f"VALPCallback needs a model that runs VALP and keeps its statistics (a valr WGANVALP, or a model "
+                f"with a `mu` keras.Variable and a `valp_stats` dict of keras.Variables named {_STEP_STATS[0]!r}, "
+                f"...); got {type(model).__module__}.{type(model).__qualname__}")
         super().set_model(model)
 
     def _read(self) -> dict[str, float]:
-        out = {k: float(keras.ops.convert_to_numpy(v.value)) for k, v in self.model.valp_stats.items()}
-        out[MU_NAME] = float(keras.ops.convert_to_numpy(self.model.mu.value))
-        return out
+        variables = {**self.model.valp_stats, MU_NAME: self.model.mu}
+        return {k: float(keras.ops.convert_to_numpy(v.value)) for k, v in variables.items()}
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._sums, self._count = {}, 0
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        values = self._read()
+        values, sums = self._read(), self._sums
         for k, v in values.items():
-            if "/max_" in k:
-                self._sums[k] = max(self._sums.get(k, v), v)
-            else:
-                self._sums[k] = self._sums.get(k, 0.0) + v
+            sums[k] = max(sums.get(k, v), v) if "/max_" in k else sums.get(k, 0.0) + v
         self._count += 1
         if logs is not None:
             logs.update(values)

@@ -1,18 +1,7 @@
-"""PyTorch front door: VALP as an ``nn.Module`` so that ``.to()``, ``state_dict()`` and DDP carry
-the augmented-Lagrangian multiplier and the random state with the rest of the model.
-
-    valp = VALPModule(mode="al", rho=0.01, seed=rank)          # a submodule of your GAN, ideally
-    penalty = valp(critic, x, fx=critic(x))                     # add to the critic's loss
-    loss.backward(); opt.step(); valp.step()                    # mu <- max(0, mu + rho * R(L))
-
-Or, without a multiplier: ``valp_penalty(critic, x, generator, eps_max=1.0)``.
-
-VALP's extra forward passes (the power iteration and ``critic(x + r_adv)``) leave the critic's
-state to its own training pass: BatchNorm running statistics are not updated, and a
-``torch.nn.utils.parametrizations.spectral_norm`` layer takes no power-iteration step (its
-``_u``, ``_v`` buffers are left as they are; the passes run that parametrisation in eval mode,
-so they use the weight of the critic's preceding training pass, ``fx=critic(x)``).
-"""
+"""PyTorch front door: VALP as an ``nn.Module``, so ``.to()``, ``state_dict()`` and DDP carry the
+augmented-Lagrangian multiplier and the random state; ``valp_penalty`` without a multiplier.
+VALP's extra passes leave BatchNorm statistics and ``spectral_norm``'s vectors alone
+(docs/usage.md, "PyTorch")."""
 
 from __future__ import annotations
 
@@ -30,9 +19,7 @@ __all__ = ["VALPModule", "valp_penalty"]
 
 
 def _combination(key: str, reduction: str) -> str:
-    """How a statistic of several calls combines into that of one call on all their samples:
-    means and fractions weighted by each call's regularised samples, maxima as the max, the
-    penalty by the penalty's reduction (as the constraint), ``valp/mu`` as the latest."""
+    """How a statistic of several calls combines into that of one call on all their samples."""
     name = key.rsplit("/", 1)[-1]
     if name == "penalty":
         return reduction
@@ -43,28 +30,21 @@ def _combination(key: str, reduction: str) -> str:
     return "mean"
 
 
-def _reseeded(source: torch.Generator, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from ``source``: generator states are device-specific
-    (CPU Mersenne Twister vs CUDA Philox), so moving one means drawing a seed, deterministically."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=source, device=source.device).item())
-    return torch.Generator(device=device).manual_seed(seed)
+def _combined(old: torch.Tensor | None, value: torch.Tensor, rule: str, n: int) -> torch.Tensor:
+    """``old`` with one more call's ``value`` (``n`` samples): max, sum, or sum of value * n."""
+    if rule == "mean":
+        value = value * n
+    if old is None:
+        return value
+    old = old.to(value.device)
+    return torch.maximum(old, value) if rule == "max" else old + value
 
 
 class VALPModule(nn.Module):
-    """VALP with its state as module state.
-
-    ``mu`` is a float32 buffer (so ``.to()``, ``state_dict()`` and checkpoints carry it, and a
-    ``.half()`` model keeps it in float32); the ``torch.Generator`` state rides in
-    ``state_dict()`` as extra state. ``forward`` returns the penalty; ``step()`` updates mu from
-    every call since the last step, combined as if they were one call on all their samples, and
-    averaged over replicas when ``torch.distributed`` is initialised, so mu stays identical on
-    every replica. Give each replica its own ``seed`` (e.g. ``seed=rank``).
-
-    ``stats`` covers every call of a critic step in the same way (e.g. real and fake batches
-    passed separately), under the core's names (``valp/mean_violation``, ``valp/mu``, ...); call
-    ``step()`` once per critic step in every mode, so that the next call starts a new step.
-    Neither BatchNorm statistics nor spectral_norm's power iteration move in VALP's passes.
-    """
+    """VALP with its state as module state: ``mu`` a float32 buffer (kept by ``.half()``), the
+    ``torch.Generator`` state extra state. ``step()`` (once per critic step, in every mode) updates
+    mu from every call since the last step as one call on all their samples, averaged over
+    replicas under ``torch.distributed``; give each replica its own ``seed`` (``seed=rank``)."""
 
     mu: torch.Tensor
 
@@ -84,105 +64,69 @@ class VALPModule(nn.Module):
         self._step_done = True  # the next call starts a new step's statistics
         self._reset_pending()
 
-    # -- the penalty -----------------------------------------------------------------------
     def forward(self, critic: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, fx: torch.Tensor | None = None, freeze: Any = None) -> torch.Tensor:
-        """The penalty to add to the critic's loss (``fx=critic(x)`` saves a forward pass).
-
-        Under DDP pass the unwrapped critic (``ddp.module``) and ``fx`` from the DDP forward:
-        VALP's extra passes then do not trigger DDP's forward bookkeeping."""
+        """The penalty to add to the critic's loss (``fx=critic(x)`` saves a forward pass); under
+        DDP pass the unwrapped critic (``ddp.module``) and ``fx`` from the DDP forward."""
         if x.device != self.mu.device:
             raise ValueError(f"x is on {x.device} but VALPModule is on {self.mu.device}; call valp.to({str(x.device)!r}) (or register it in your model)")
         al = self.valp.mode == "al"
-        loss, aux = self.valp.loss(critic, x, self.generator, ALState(self.mu) if al else None, fx=fx, freeze=freeze)
-        self.last = aux
-        self._accumulate_stats(aux)
-        if al:
-            self._accumulate(aux)
+        loss, self.last = self.valp.loss(critic, x, self.generator, ALState(self.mu) if al else None, fx=fx, freeze=freeze)
+        self._accumulate(self.last, al)
         return loss
 
     @property
     def stats(self) -> dict[str, torch.Tensor]:
-        """Detached scalars of every call of the current critic step (after ``step()``: of the
-        step just taken), as one call on all their samples would give them: means and fractions
-        weighted by each call's regularised samples, maxima as the max, ``valp/penalty`` by the
-        penalty's reduction (mean: weighted, sum: summed, max: the max), ``valp/mu`` the
-        multiplier the calls used. Keys are the core's (``VALP.loss``'s ``aux.stats``); the
-        values stay on the device (no host sync). This replica's calls only under DDP."""
-        n = self._stats_samples
-        how = self.valp.reduction
+        """Detached scalars (``aux.stats`` keys, on the device) of this replica's calls of the
+        current critic step (after ``step()``: the step just taken), as one call on all samples."""
+        n, how = self._stats_samples, self.valp.reduction
         return {k: v / n if _combination(k, how) == "mean" else v for k, v in self._stats.items()}
 
-    def _accumulate_stats(self, aux: ValpAux) -> None:
+    def _accumulate(self, aux: ValpAux, al: bool) -> None:
         if self._step_done:
             self._stats, self._stats_samples, self._step_done = {}, 0, False
         n = int(aux.violations.violations.shape[0])
-        how = self.valp.reduction
         for key, value in aux.stats.items():
-            value = value.detach()
-            rule = _combination(key, how)
-            if rule == "mean":
-                value = value * n
-            old = self._stats.get(key)
-            if rule == "latest":
-                self._stats[key] = value.clone()  # valp/mu is the buffer itself, which step() updates in place
-            elif old is None:
-                self._stats[key] = value
-            elif rule == "max":
-                self._stats[key] = torch.maximum(old.to(value.device), value)
-            else:  # weighted mean (value * n) or sum
-                self._stats[key] = old.to(value.device) + value
+            rule = _combination(key, self.valp.reduction)
+            if rule == "latest":  # valp/mu is the buffer itself, which step() updates in place
+                self._stats[key] = value.detach().clone()
+            else:
+                self._stats[key] = _combined(self._stats.get(key), value.detach(), rule, n)
         self._stats_samples += n
+        if al:
+            c = aux.constraint.detach().to(torch.float32)
+            self._sum = _combined(self._sum, c, self.valp.reduction, n)
+            self._count += n
 
-    # -- the multiplier ---------------------------------------------------------------------
     def _reset_pending(self) -> None:
-        self._sum: torch.Tensor | None = None  # sum of R(L) * n (mean), of R(L) (sum), max R(L)
+        self._sum: torch.Tensor | None = None  # R(L) combined by _combined since the last step
         self._count = 0  # regularised samples since the last step
-        self._calls = 0
-
-    def _accumulate(self, aux: ValpAux) -> None:
-        c = aux.constraint.detach().to(torch.float32)
-        n = int(aux.violations.violations.shape[0])
-        how = self.valp.reduction
-        if how == "mean":
-            c = c * n
-        if self._sum is None:
-            self._sum = c
-        else:
-            self._sum = torch.maximum(self._sum, c) if how == "max" else self._sum + c
-        self._count += n
-        self._calls += 1
 
     def pending_constraint(self) -> torch.Tensor:
-        """The constraint ``step()`` would use: this replica's calls since the last step,
-        combined as one call on all their samples (weighted mean, sum, or max), then reduced
-        over replicas (mean for ``mean``/``sum`` reductions, max for ``max``)."""
+        """The constraint ``step()`` would use: this replica's calls since the last step combined
+        as one call, then reduced over replicas (max for the ``max`` reduction, else the mean)."""
         if self._sum is None:
             raise RuntimeError("VALPModule.step() called before the penalty was computed since the last step")
-        how = self.valp.reduction
-        c = self._sum
+        how, c = self.valp.reduction, self._sum
         if how == "mean":
             c = torch.stack([c, torch.tensor(float(self._count), device=c.device)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
-            if world > 1:
-                c = c.clone()
-                torch.distributed.all_reduce(c, op=torch.distributed.ReduceOp.MAX if how == "max" else torch.distributed.ReduceOp.SUM)
-                if how == "sum":
-                    c = c / world
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            c = c.clone()
+            dist.all_reduce(c, op=dist.ReduceOp.MAX if how == "max" else dist.ReduceOp.SUM)
+            if how == "sum":
+                c = c / dist.get_world_size()
         return c[0] / c[1] if how == "mean" else c
 
     @torch.no_grad()
     def step(self) -> None:
-        """The AL multiplier update, after the critic's optimiser step (mode="al"); in every mode
-        it ends the step whose calls ``stats`` combines."""
+        """The AL multiplier update, after the critic's optimiser step; in every mode it ends the
+        step whose calls ``stats`` combines."""
         self._step_done = True
         if self.valp.mode != "al":
             return
-        constraint = self.pending_constraint()
-        self.mu.copy_(self.valp.update(ALState(self.mu), constraint).mu)
+        self.mu.copy_(self.valp.update(ALState(self.mu), self.pending_constraint()).mu)
         self._reset_pending()
 
-    # -- device moves and checkpoints -------------------------------------------------------
     # ``nn.Module._apply`` is the one hook every .to()/.cuda()/.half() goes through; torch has no
     # public alternative for a module that must keep one buffer float32 and move a
     # torch.Generator (not a tensor) with its device, so it is overridden here, calling super().
@@ -190,8 +134,10 @@ class VALPModule(nn.Module):
         super()._apply(fn, *args, **kwargs)
         if self.mu.dtype != torch.float32:  # .half()/.double() on the model: mu stays float32
             self.mu = self.mu.to(torch.float32)
-        if self.generator.device != self.mu.device:
-            self.generator = _reseeded(self.generator, self.mu.device)
+        if self.generator.device != self.mu.device:  # states are device-specific: draw a seed
+            g = self.generator
+            seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
+            self.generator = torch.Generator(device=self.mu.device).manual_seed(seed)
         if self._sum is not None and self._sum.device != self.mu.device:
             self._sum = self._sum.to(self.mu.device)
         return self
@@ -215,9 +161,8 @@ class VALPModule(nn.Module):
 
 
 def valp_penalty(critic: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, generator: torch.Generator, *, fx: torch.Tensor | None = None, **config: Any) -> torch.Tensor:
-    """The plain VALP penalty in one line (``lam * R(L^2)`` by default); ``config`` is ``VALP``'s.
-
-    The augmented-Lagrangian mode needs a multiplier kept across steps: use ``VALPModule``."""
+    """The plain VALP penalty in one line (``lam * R(L^2)`` by default); ``config`` is ``VALP``'s
+    (mode="al" needs a multiplier kept across steps: use ``VALPModule``)."""
     if config.get("mode") == "al":
         raise ValueError("valp_penalty has no multiplier state; use VALPModule(mode='al') for the AL schedule")
     return VALP(backend="torch", **config).loss(critic, x, generator, fx=fx)[0]
