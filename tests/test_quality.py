@@ -164,7 +164,7 @@ def test_resume_keeps_the_saved_settings_and_refuses_a_changed_one() -> None:
     argv = ["--out", "runs/x", "--resume", "--lr-d", "3e-4"]
     assert resumed_config(saved, _args(argv), parse_config(argv)).lr_d == 3e-4
     for argv, name in ((["--resume", "--lr-d", "1e-3"], "--lr-d"), (["--resume", "--penalty", "gp"], "--penalty"),
-                       (["--resume", "--valp-fraction", "0.5"], "--valp-fraction"),
+                       (["--resume", "--valp-fraction", "0.25"], "--valp-fraction"),
                        (["--resume", "--clip-weights", "0.01"], "--clip-weights")):
         with pytest.raises(ConfigError, match=name):
             resumed_config(saved, _args(argv), parse_config(argv))

@@ -237,6 +237,8 @@ def markdown(summary: dict[str, Any], plan: Plan, data: dict[str, Any], command:
     trained = list(dict.fromkeys(c["command"] for c in meta.get("commands", []) if "--report-only" not in c["command"]))
     machines = list(dict.fromkeys(c.get("machine", "") for c in meta.get("commands", []) if c.get("machine")))
     n_records = sum(r["n"] + r["failed"] for r in summary["iterations"])
+    run_h = sum(float(r.get("wall_s") or 0.0) for r in data["records"]) / 3600
+    workers = int(meta.get("workers") or 1)
     planned = len(plan.seeds) * sum(len(c) for c in plan.cells.values())
     seeds = f"{plan.seeds[0]}-{plan.seeds[-1]}" if plan.seeds == list(range(plan.seeds[0], plan.seeds[-1] + 1)) \
         else ", ".join(map(str, plan.seeds))
@@ -254,7 +256,8 @@ def markdown(summary: dict[str, Any], plan: Plan, data: dict[str, Any], command:
         f"classifier's confidence of {EVAL_SAMPLES} EMA samples (`train.evaluation.digits`; lower FD/KID is better). "
         "Training seconds count iterations only, measured with the study's runs side by side "
         f"({meta.get('workers', '?')} at a time, one thread each; {', '.join(machines) or 'machine not recorded'}); "
-        f"{meta.get('study_s', 0.0) / 3600:.1f} h of study in all. Intervals: 95% percentile bootstrap over seeds "
+        f"the runs took {run_h:.1f} h in all (sum of their wall-clock; about {run_h / workers:.1f} h at "
+        f"{workers} at a time). Intervals: 95% percentile bootstrap over seeds "
         f"({RESAMPLES:,} resamples, fixed RNG); with few seeds they are coarse and tend to be narrow.",
         "",
         "Cells: " + "; ".join(f"`{c}` {DESCRIPTIONS[c]}" for c in CELLS) + ".",
