@@ -51,7 +51,8 @@ def run(framework: str, flags: list[str], timeout: float) -> dict[str, Any]:
         shutil.copyfile(grids[-1], png)
     curve = [{"iteration": r["step"], **{k[5:]: r[k] for k in r if k.startswith("eval/")}}
              for r in rows if any(k.startswith("eval/") for k in r)]
-    return {"command": shlex.join(["python", "-m", f"train.{framework}_wgan", "--preset", "digits", *flags]),
+    shown = ["python", "-m", f"train.{framework}_wgan", "--preset", "digits", "--no-progress", "--no-tensorboard", *flags]
+    return {"command": shlex.join(shown),  # exactly what ran, the temporary --out aside
             "framework": framework, "wall_s": wall, "train_s": rows[-1]["time/train_s"],
             "iterations": rows[-1]["step"], "final": curve[-1], "curve": curve,
             "real_confidence": real_confidence(), "grid": png.name, "budget_s": BUDGET_S,
