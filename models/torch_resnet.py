@@ -136,9 +136,10 @@ def _leaves(module: nn.Module):
             yield f"{name}.bias", sub.bias, "vec", None
         elif isinstance(sub, nn.Linear):
             perm = None
-            if isinstance(module, Generator) and name == "dense":
+            if module.kind == "generator" and name == "dense":  # the ResNet's and the DCGAN's
                 # perm[k] = torch output of canonical output k; canonical (h, w, c), torch (c, h, w)
-                c, s = module.cfg.gen_channels, module.cfg.base_size
+                s = module.cfg.base_size
+                c = sub.out_features // (s * s)
                 perm = np.arange(c * s * s).reshape(c, s, s).transpose(1, 2, 0).reshape(-1)
             yield f"{name}.kernel", sub.weight, "dense", perm
             yield f"{name}.bias", sub.bias, "vec", perm

@@ -28,23 +28,27 @@ class Net:
         if framework == "torch":
             import torch
 
-            from models import torch_resnet as tr
+            from models import torch_dcgan, torch_resnet
 
+            tr = torch_dcgan if cfg.arch == "dcgan" else torch_resnet
             torch.manual_seed(seed)
             self.obj = (tr.Generator if kind == "generator" else tr.Critic)(cfg)
         elif framework == "tf":
             import keras
 
-            from models import tf_resnet as kr
+            from models import tf_dcgan, tf_resnet
 
+            kr = tf_dcgan if cfg.arch == "dcgan" else tf_resnet
             keras.utils.set_random_seed(seed)
             self.obj = (kr.build_generator if kind == "generator" else kr.build_critic)(cfg)
         else:
             import jax
 
+            from models import jax_dcgan
             from models import jax_resnet as jr
 
-            module = (jr.Generator if kind == "generator" else jr.Critic)(cfg)
+            arch = jax_dcgan if cfg.arch == "dcgan" else jr
+            module = (arch.Generator if kind == "generator" else arch.Critic)(cfg)
             key = jax.random.PRNGKey(seed)
             if shapes_only:  # the variables' structure without running the initialisers
                 self.module, self.obj = module, jax.eval_shape(lambda k: jr.init(module, k)[1], key)
@@ -279,11 +283,11 @@ def _assert_close(
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol * scale, err_msg=what)
 
 
-def _converted(kind: str) -> dict[str, Net]:
+def _converted(kind: str, cfg: ResNetConfig = SMALL) -> dict[str, Net]:
     """torch model (fixed seed) with non-trivial BN state, converted to tf and jax."""
     import torch
 
-    nets = {fw: Net(fw, kind, SMALL, seed=0) for fw in ("torch", "tf", "jax")}
+    nets = {fw: Net(fw, kind, cfg, seed=0) for fw in ("torch", "tf", "jax")}
     with torch.no_grad():  # default BN state (1, 0, 0, 1) would hide scale/bias/mean/var mixups
         for m in nets["torch"].obj.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -335,6 +339,22 @@ def test_generator_parity_eval() -> None:
     assert np.abs(ref).max() < 1.0  # not saturated: tanh would hide differences
     for fw in ("tf", "jax"):
         _assert_close(nets[fw](z, train=False), ref, f"generator eval {fw} vs torch", atol=2e-5)
+
+
+@pytest.mark.framework("torch", "tf", "jax")
+@pytest.mark.parametrize("kind", KINDS)
+def test_dcgan_parity(kind: str) -> None:
+    """The DCGAN (``--arch dcgan``) converts too: torch's channels-first reshape after the
+    generator's dense layer and the critic's flatten must map to NHWC's (h, w, c) order."""
+    cfg = ResNetConfig(arch="dcgan", gen_channels=8, critic_channels=8)
+    nets = _converted(kind, cfg)
+    x = _inputs(kind, cfg, 4)
+    ref = nets["torch"](x)
+    assert np.abs(ref).max() > 1e-3 and (kind == "critic" or np.abs(ref).max() < 1.0)
+    for fw in ("tf", "jax"):
+        _assert_close(nets[fw](x), ref, f"dcgan {kind} {fw} vs torch", atol=2e-5)
+        back = nets[fw].params()
+        assert all(np.array_equal(back[k], v) for k, v in nets["torch"].params().items()), fw
 
 
 @pytest.mark.framework("torch", "tf", "jax")
