@@ -11,6 +11,7 @@ import array_api_compat.torch as torch_namespace
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.spectral_norm import SpectralNorm
 
 from valr_core.interface import critic_owners
 
@@ -30,11 +31,15 @@ class _Freezer:
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.done: set[int] = set()
         self.done_parametrized: set[int] = set()
+        self.hooks: list[tuple[SpectralNorm, int]] = []
 
     def freeze_parametrizations(self, m: nn.Module) -> bool:
-        """Stateful parametrisations of ``m`` to eval mode; whether there were any."""
-        if id(m) in self.done_parametrized or not parametrize.is_parametrized(m):
+        """Stateful parametrisations of ``m`` to eval mode, and the deprecated hook-based
+        ``torch.nn.utils.spectral_norm`` to no power iteration; whether there were any."""
+        if id(m) in self.done_parametrized:
             return False
+        if not parametrize.is_parametrized(m):
+            return self._freeze_spectral_hooks(m)
         self.done_parametrized.add(id(m))
         stateful = [p for plist in m.parametrizations.values() for p in plist
                     if p.training and next(p.buffers(recurse=False), None) is not None]
@@ -42,6 +47,17 @@ class _Freezer:
             p.training = False
         self.evaluated += stateful
         return bool(stateful)
+
+    def _freeze_spectral_hooks(self, m: nn.Module) -> bool:
+        """The hook-based spectral norm iterates when ``m.training``; with 0 iterations it uses
+        the current u, v (as in eval mode) and ``m`` itself stays in train mode. No public API
+        lists a module's hooks (torch's own ``remove_spectral_norm`` reads this dict too)."""
+        self.done_parametrized.add(id(m))
+        hooks = [h for h in m._forward_pre_hooks.values() if isinstance(h, SpectralNorm) and h.n_power_iterations > 0]
+        for h in hooks:
+            self.hooks.append((h, h.n_power_iterations))
+            h.n_power_iterations = 0
+        return bool(hooks and m.training)
 
     def freeze(self, m: nn.Module) -> bool:
         """Freeze a normalisation module's running statistics; whether it was newly frozen."""
@@ -63,6 +79,8 @@ class _Freezer:
             m.track_running_stats = True
         for p in self.evaluated:
             p.training = True
+        for hook, iterations in self.hooks:
+            hook.n_power_iterations = iterations
         with torch.no_grad():
             for buf, value in self.saved:
                 buf.copy_(value)

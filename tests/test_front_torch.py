@@ -203,6 +203,30 @@ def test_valp_passes_use_the_weight_of_the_preceding_training_pass() -> None:
     torch.testing.assert_close(got, ref, rtol=0, atol=0)
 
 
+def test_deprecated_hook_based_spectral_norm_is_frozen_too() -> None:
+    # torch.nn.utils.spectral_norm (a forward pre-hook, not a parametrisation) iterates whenever
+    # its module trains: VALP's passes, seen or through a closure, must leave u, v alone and see
+    # the weight of the critic's own pass, with the module left in train mode.
+    def build() -> torch.nn.Module:
+        sn = torch.nn.utils.spectral_norm
+        return torch.nn.Sequential(sn(torch.nn.Linear(2, 16)), torch.nn.Tanh(), sn(torch.nn.Linear(16, 1)))
+
+    torch.manual_seed(0)
+    net, frozen, x = build().train(), build(), _x(3)
+    fx = net(x)
+    frozen.load_state_dict(net.state_dict())
+    frozen.eval()  # eval: no power iteration, the current u, v
+    state = [t.clone() for m in (net[0], net[2]) for t in (m.weight_u, m.weight_v)]
+    got = VALP(K=0.0, eps_max=1.0).violations(net, x, torch.Generator().manual_seed(4), fx=fx)[0].quotients
+    VALP(eps_max=1.0).loss(lambda z: net(z), x, torch.Generator().manual_seed(0))  # closes over net
+    assert _same([t for m in (net[0], net[2]) for t in (m.weight_u, m.weight_v)], state)
+    ref = VALP(K=0.0, eps_max=1.0).violations(frozen, x, torch.Generator().manual_seed(4), fx=frozen(x))[0].quotients
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+    assert net.training and net[0].training
+    net(x)  # an ordinary training forward still advances the power iteration
+    assert not torch.equal(net[0].weight_u, state[0])
+
+
 # -- stats: every call of a step, combined as one call on all their samples ----------------------
 def _draws_of_next_call(valp: VALPModule, x: torch.Tensor):
     g = torch.Generator()
