@@ -22,9 +22,11 @@ class Net:
     """One model in one framework behind a uniform numpy/NHWC interface (test adapter)."""
 
     def __init__(
-        self, framework: str, kind: str, cfg: ResNetConfig, seed: int = 0, shapes_only: bool = False
+        self, framework: str, kind: str, cfg: ResNetConfig, seed: int = 0, shapes_only: bool = False,
+        norm: str = "none",
     ) -> None:
         self.framework, self.kind, self.cfg = framework, kind, cfg
+        critic_args = {} if norm == "none" else {"norm": norm}  # the models' default: "none"
         if framework == "torch":
             import torch
 
@@ -32,7 +34,7 @@ class Net:
 
             tr = torch_dcgan if cfg.arch == "dcgan" else torch_resnet
             torch.manual_seed(seed)
-            self.obj = (tr.Generator if kind == "generator" else tr.Critic)(cfg)
+            self.obj = tr.Generator(cfg) if kind == "generator" else tr.Critic(cfg, **critic_args)
         elif framework == "tf":
             import keras
 
@@ -40,7 +42,7 @@ class Net:
 
             kr = tf_dcgan if cfg.arch == "dcgan" else tf_resnet
             keras.utils.set_random_seed(seed)
-            self.obj = (kr.build_generator if kind == "generator" else kr.build_critic)(cfg)
+            self.obj = kr.build_generator(cfg) if kind == "generator" else kr.build_critic(cfg, **critic_args)
         else:
             import jax
 
@@ -48,7 +50,7 @@ class Net:
             from models import jax_resnet as jr
 
             arch = jax_dcgan if cfg.arch == "dcgan" else jr
-            module = (arch.Generator if kind == "generator" else arch.Critic)(cfg)
+            module = arch.Generator(cfg) if kind == "generator" else arch.Critic(cfg, **critic_args)
             key = jax.random.PRNGKey(seed)
             if shapes_only:  # the variables' structure without running the initialisers
                 self.module, self.obj = module, jax.eval_shape(lambda k: jr.init(module, k)[1], key)
@@ -245,6 +247,19 @@ def test_canonical_round_trip(framework: str, kind: str) -> None:
     net.load(again)
     for k, v in net.params().items():
         assert np.array_equal(v, again[k]), k
+
+
+@pytest.mark.parametrize("arch", spec.ARCHS)
+def test_spectral_critic_conversion_and_unknown_norm_refused(framework: str, arch: str) -> None:
+    """A spectrally normalised critic's weights are not the plain critic's: refused both ways."""
+    cfg = ResNetConfig(arch=arch, critic_channels=8)
+    spectral = Net(framework, "critic", cfg, norm="spectral")
+    with pytest.raises(ValueError, match="norm='spectral' cannot be converted between frameworks"):
+        spectral.params()
+    with pytest.raises(ValueError, match="norm='spectral' cannot be converted"):
+        spectral.load(Net(framework, "critic", cfg).params())
+    with pytest.raises(ValueError, match=r"unknown critic norm 'batch'.*\('none', 'spectral'\)"):
+        Net(framework, "critic", cfg, norm="batch")
 
 
 @pytest.mark.parametrize("kind", KINDS)

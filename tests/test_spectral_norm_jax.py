@@ -144,16 +144,3 @@ def test_gradient_and_critic_fn() -> None:
     # critic_fn on the variables alone recognises the spectral critic by its batch_stats.
     ref = _apply(module, variables, x)
     np.testing.assert_allclose(jax.jit(models.critic_fn("jax", variables))(x), ref, rtol=1e-5, atol=1e-6)
-
-
-def test_conversion_and_unknown_norm_refused() -> None:
-    from models import convert
-
-    module, variables = _critic("dcgan")
-    with pytest.raises(ValueError, match="norm='spectral' cannot be converted between frameworks"):
-        convert.to_canonical("jax", variables)
-    params = convert.to_canonical("jax", _critic("dcgan", "none")[1])
-    with pytest.raises(ValueError, match="norm='spectral' cannot be converted"):
-        convert.from_canonical("jax", module, params)
-    with pytest.raises(ValueError, match=r"unknown critic norm 'batch'"):
-        _critic("resnet", "batch")

@@ -112,15 +112,3 @@ def test_checkpoint_round_trip(arch: str) -> None:
     for k in saved:
         assert np.array_equal(a[k], b[k]), k  # the same next u (and in-place normalised kernel)
     assert any(not np.array_equal(a[k], saved[k]) for k in saved)
-
-
-def test_conversion_and_unknown_norm_refused() -> None:
-    from models import convert
-
-    with pytest.raises(ValueError, match="norm='spectral' cannot be converted between frameworks"):
-        convert.to_canonical("tf", _critic("dcgan"))
-    params = convert.to_canonical("tf", _critic("dcgan", "none"))
-    with pytest.raises(ValueError, match="norm='spectral' cannot be converted"):
-        convert.from_canonical("tf", _critic("dcgan"), params)
-    with pytest.raises(ValueError, match=r"unknown critic norm 'batch'"):
-        tf_resnet.build_critic(_cfg("resnet"), norm="batch")

@@ -122,15 +122,3 @@ def test_gradient_reaches_the_raw_weight(arch: str) -> None:
     for layer in _layers(arch):
         grad = critic.get_submodule(layer).parametrizations.weight.original.grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, layer
-
-
-def test_conversion_and_unknown_norm_refused() -> None:
-    from models import convert
-
-    with pytest.raises(ValueError, match="norm='spectral' cannot be converted between frameworks"):
-        convert.to_canonical("torch", _critic("resnet"))
-    params = convert.to_canonical("torch", _critic("resnet", "none"))
-    with pytest.raises(ValueError, match="norm='spectral' cannot be converted"):
-        convert.from_canonical("torch", _critic("resnet"), params)
-    with pytest.raises(ValueError, match=r"unknown critic norm 'batch'.*\('none', 'spectral'\)"):
-        torch_dcgan.Critic(_cfg("dcgan"), norm="batch")
