@@ -77,8 +77,10 @@ class ValpConfig(PenaltyConfig):
     "auto": the drawn radii, and xi, times the batch's data scale s = m / 40, m the median
     pairwise l2 distance of the batch (at most 256 samples, under stop-gradient;
     ``algorithm.data_scale``); s is about 1 on CIFAR-10 in [-1, 1], where the paper tuned its
-    radii. With absolute radii, VALP warns once when eps_max > 5 m (eager mode only). The
-    statistic, the reference value 40 and their limits: docs/conventions-eps-scale.md.
+    radii. With absolute radii, VALP warns once when eps_max > 5 m (eager mode only). On
+    low-dimensional data with gaps between regions (2-D toy sets) auto's default proportion
+    (eps_max = m / 4) let the critic escape; there pass eps_min=0.4, eps_max=40, xi=40 with
+    "auto". The statistic, the reference value 40 and their limits: docs/conventions-eps-scale.md.
     """
 
     K: float = 1.0
