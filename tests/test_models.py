@@ -26,7 +26,6 @@ class Net:
         norm: str = "none",
     ) -> None:
         self.framework, self.kind, self.cfg = framework, kind, cfg
-        critic_args = {} if norm == "none" else {"norm": norm}  # the models' default: "none"
         if framework == "torch":
             import torch
 
@@ -34,7 +33,7 @@ class Net:
 
             tr = torch_dcgan if cfg.arch == "dcgan" else torch_resnet
             torch.manual_seed(seed)
-            self.obj = tr.Generator(cfg) if kind == "generator" else tr.Critic(cfg, **critic_args)
+            self.obj = tr.Generator(cfg) if kind == "generator" else tr.Critic(cfg, norm=norm)
         elif framework == "tf":
             import keras
 
@@ -42,7 +41,7 @@ class Net:
 
             kr = tf_dcgan if cfg.arch == "dcgan" else tf_resnet
             keras.utils.set_random_seed(seed)
-            self.obj = kr.build_generator(cfg) if kind == "generator" else kr.build_critic(cfg, **critic_args)
+            self.obj = kr.build_generator(cfg) if kind == "generator" else kr.build_critic(cfg, norm=norm)
         else:
             import jax
 
@@ -50,7 +49,7 @@ class Net:
             from models import jax_resnet as jr
 
             arch = jax_dcgan if cfg.arch == "dcgan" else jr
-            module = arch.Generator(cfg) if kind == "generator" else arch.Critic(cfg, **critic_args)
+            module = arch.Generator(cfg) if kind == "generator" else arch.Critic(cfg, norm=norm)
             key = jax.random.PRNGKey(seed)
             if shapes_only:  # the variables' structure without running the initialisers
                 self.module, self.obj = module, jax.eval_shape(lambda k: jr.init(module, k)[1], key)
